@@ -1,0 +1,44 @@
+# One-command entry points. `make demo` sets everything up and runs the bundled
+# demo; `make test` runs the linters and the whole test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_IMAGES ?= 60
+DEMO_SEED ?= 7
+CORES ?= all
+export PYTHONPATH := $(CURDIR)/scripts
+
+.PHONY: setup demo demo-data lint test test-fast clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: envs/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r envs/requirements.txt
+	touch $@
+
+demo/images/.complete: $(VENV)/.installed
+	$(BIN)/python -m rare_objects.demo_scenes --out demo/images --n-images $(DEMO_IMAGES) --seed $(DEMO_SEED)
+	touch $@
+
+demo-data: demo/images/.complete
+
+demo: setup demo-data
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "Results: results/demo (statistics.json, detection_results.json, outliers/, tsne.png)"
+
+lint: setup demo-data
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
+
+test: setup lint
+	if [ "$$(id -u)" = 0 ] && [ -f .ci/install-slurm.sh ]; then bash .ci/install-slurm.sh; fi
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slurm and not workflow"
+
+clean-demo:
+	rm -rf results/demo demo/images

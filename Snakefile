@@ -1,0 +1,29 @@
+# rare-object-mining: find rare and anomalous objects in driving-camera images.
+#
+#   images -> detect (per shard) -> embed (per shard) -> outliers (LOF)
+#          -> select_objects (targets + diversity) -> caption (per partition)
+#          -> analyse_concepts -> export_results, tsne_plot, write_timing
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/detect.smk"
+include: "rules/embed.smk"
+include: "rules/outliers.smk"
+include: "rules/select.smk"
+include: "rules/captions.smk"
+include: "rules/export.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

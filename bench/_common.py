@@ -1,0 +1,144 @@
+"""Helpers shared by the benches: synthetic embeddings, peak memory, timing.
+
+Not imported by the tests. Each bench measures its heavy parts in child
+processes (:func:`run_isolated`) so that every peak-RSS figure is that part's
+own, not the maximum of everything the bench did before it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+GIB = 1024**3
+
+
+def synthetic_embeddings(
+    n: int,
+    dim: int = 512,
+    n_clusters: int = 200,
+    latent_dim: int = 24,
+    outlier_fraction: float = 0.002,
+    duplicate_fraction: float = 0.0,
+    seed: int = 0,
+    chunk: int = 65536,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered, L2-normalised float32 embeddings with planted outliers.
+
+    Shaped like image embeddings of object crops: a shared mean direction
+    (all crops look alike to CLIP, cosine ~0.5), ``n_clusters`` object kinds
+    with Zipf-like sizes, each a low-rank (``latent_dim``) spread around its
+    centre plus small isotropic noise. Planted outliers are points in random
+    directions. ``duplicate_fraction`` of the inliers are replaced by
+    near-copies of other points (cosine > 0.99), like one object seen in
+    successive frames.
+
+    Returns ``(X, cluster, planted)``: the matrix, each row's cluster (-1 for
+    the planted outliers) and the planted-outlier mask.
+    """
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(dim).astype(np.float32)
+    mean *= 1.0 / np.linalg.norm(mean)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(dim * latent_dim)
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    weights /= weights.sum()
+    cluster = rng.choice(n_clusters, size=n, p=weights).astype(np.int32)
+    planted = rng.random(n) < outlier_fraction
+    cluster[planted] = -1
+    X = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        c = cluster[start:stop]
+        block = np.empty((stop - start, dim), dtype=np.float32)
+        for j in np.unique(c):
+            rows = np.flatnonzero(c == j)
+            if j < 0:
+                block[rows] = rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.08
+                block[rows] += 0.6 * mean
+                continue
+            z = rng.standard_normal((rows.size, latent_dim), dtype=np.float32)
+            block[rows] = 0.8 * mean + 0.6 * centres[j] + 0.45 * (z @ bases[j])
+            block[rows] += rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.005
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        X[start:stop] = block
+    if duplicate_fraction > 0:
+        n_dup = int(n * duplicate_fraction)
+        target = rng.choice(np.flatnonzero(~planted), size=n_dup, replace=False)
+        source = rng.integers(0, n, size=n_dup)
+        for start in range(0, n_dup, chunk):
+            t = target[start : start + chunk]
+            block = X[source[start : start + chunk]] + rng.standard_normal((t.size, dim), dtype=np.float32) * 0.002
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            X[t] = block
+            cluster[t] = cluster[source[start : start + chunk]]
+        planted[target] = planted[source]
+    return X, cluster, planted
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _child(queue, func, args, kwargs):
+    try:
+        t0 = time.perf_counter()
+        result = func(*args, **kwargs)
+        seconds = time.perf_counter() - t0
+        queue.put(("ok", result, seconds, peak_rss_bytes()))
+    except BaseException as error:  # report, don't hang the parent
+        import traceback
+
+        queue.put(("error", traceback.format_exc(), 0.0, peak_rss_bytes()))
+        raise SystemExit(1) from error
+
+
+def run_isolated(func, *args, **kwargs):
+    """Run ``func(*args, **kwargs)`` in a fresh process.
+
+    Returns ``(result, seconds, peak_rss_bytes)`` of that process: the time of
+    the call alone, the peak memory of the whole child (interpreter, imports,
+    any data it loaded, the call). ``func`` must be a module-level function.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, func, args, kwargs))
+    proc.start()
+    status, result, seconds, peak = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"child failed:\n{result}")
+    return result, seconds, peak
+
+
+def machine() -> str:
+    cores = len(os.sched_getaffinity(0))
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cores} cores ({model}), {mem:.0f} GiB RAM, CPU only"
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union

@@ -1,0 +1,121 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from rare_objects import config as config_checks
+from rare_objects import models, sources
+
+config_checks.validate(config)
+
+RESULTS = config["results"].rstrip("/")
+DEMO_DIR = config["demo"]["models_dir"].rstrip("/")
+MANIFEST = sources.load_manifest(
+    config["input"], config["seed"], cache_dir=f"{RESULTS}/manifest"
+)
+SHARD_RECORDS = {
+    shard: frame.drop(columns=["rel_path", "group"]).to_dict("records")
+    for shard, frame in MANIFEST.groupby("shard", sort=True)
+}
+SHARDS = list(SHARD_RECORDS)
+CLIP_MODEL, CLIP_PRETRAINED = models.clip_spec(config["embedder"], DEMO_DIR)
+
+
+wildcard_constraints:
+    shard=r"[A-Za-z0-9._~+-]+",
+
+
+def uses_gpu():
+    """Model rules take the local `gpu` resource only when they will run on a GPU."""
+    if config["device"] == "cpu":
+        return 0
+    if config["device"] == "auto":
+        # Cheap check at parse time (importing torch in every job's parse is slow).
+        return int(Path("/dev/nvidia0").exists())
+    return 1
+
+
+GPU = uses_gpu()
+
+
+def shard_images(wildcards):
+    return [record["image_path"] for record in SHARD_RECORDS[wildcards.shard]]
+
+
+def shard_manifest(wildcards):
+    return SHARD_RECORDS[wildcards.shard]
+
+
+def clip_checkpoint(wildcards):
+    """The embedder's checkpoint file when it is a local path (a tag is resolved offline by open_clip)."""
+    if CLIP_PRETRAINED and (
+        CLIP_PRETRAINED.startswith(DEMO_DIR) or Path(CLIP_PRETRAINED).suffix
+    ):
+        return CLIP_PRETRAINED
+    return []
+
+
+def per_shard(pattern):
+    return expand(pattern, shard=SHARDS)
+
+
+def final_outputs():
+    return [
+        f"{RESULTS}/detection_results.json",
+        f"{RESULTS}/statistics.json",
+        f"{RESULTS}/tsne.png",
+        f"{RESULTS}/timing.txt",
+    ]
+
+
+EXPORT_FOLDERS = ["outliers", "inliers", "final_outliers", "targets"]
+
+
+CAPTION_PARTS = [f"{p:03d}" for p in range(config["captions"]["partitions"])]
+
+
+wildcard_constraints:
+    part=r"\d{3}",
+
+
+def vlm_model_input(wildcards):
+    """The local VLM folder when the transformers backend is used."""
+    if config["captions"]["backend"] == "transformers":
+        return config["captions"]["transformers"]["model"]
+    return []
+
+
+def text_encoder_input(wildcards):
+    """The file(s) the concept text encoder loads from."""
+    encoder = config["concepts"]["text_encoder"]
+    if encoder == "clip":
+        return clip_checkpoint(wildcards)
+    return encoder
+
+
+def export_inputs(wildcards):
+    return {
+        "detections": per_shard(f"{RESULTS}/tables/detections/{{shard}}.parquet"),
+        "images": per_shard(f"{RESULTS}/tables/images/{{shard}}.parquet"),
+        "rejects": per_shard(f"{RESULTS}/tables/rejects/{{shard}}.parquet"),
+        "outliers": f"{RESULTS}/tables/outliers.parquet",
+        "selection": f"{RESULTS}/tables/selection.parquet",
+        "captions": expand(
+            f"{RESULTS}/tables/captions/part-{{part}}.parquet", part=CAPTION_PARTS
+        ),
+        "concepts": f"{RESULTS}/tables/concepts.parquet",
+    }
+
+
+def timing_benchmarks(wildcards):
+    """Benchmark files of every job of this run, for timing.txt."""
+    return [
+        *per_shard(f"{RESULTS}/benchmarks/detect/{{shard}}.tsv"),
+        *per_shard(f"{RESULTS}/benchmarks/embed/{{shard}}.tsv"),
+        f"{RESULTS}/benchmarks/outliers.tsv",
+        f"{RESULTS}/benchmarks/tsne_plot.tsv",
+        f"{RESULTS}/benchmarks/select_objects.tsv",
+        *expand(f"{RESULTS}/benchmarks/caption/part-{{part}}.tsv", part=CAPTION_PARTS),
+        f"{RESULTS}/benchmarks/analyse_concepts.tsv",
+        f"{RESULTS}/benchmarks/export_results.tsv",
+    ]

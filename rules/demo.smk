@@ -1,0 +1,53 @@
+# The bundled demo's tiny models, built once from configs and cached as files.
+# A real run points detector.weights / embedder / captions at real weights and
+# never triggers these rules.
+
+
+rule build_demo_detector:
+    output:
+        f"{DEMO_DIR}/detector.pt",
+    log:
+        f"{DEMO_DIR}/logs/build_demo_detector.log",
+    benchmark:
+        f"{DEMO_DIR}/benchmarks/build_demo_detector.tsv"
+    conda:
+        "../envs/vision.yaml"
+    threads: 2
+    params:
+        seed=config["seed"],
+        epochs=config["demo"]["detector_epochs"],
+        work_dir=f"{DEMO_DIR}/detector-training",
+    script:
+        "../scripts/build_demo_detector.py"
+
+
+rule build_demo_clip:
+    output:
+        f"{DEMO_DIR}/clip-tiny.pt",
+    log:
+        f"{DEMO_DIR}/logs/build_demo_clip.log",
+    benchmark:
+        f"{DEMO_DIR}/benchmarks/build_demo_clip.tsv"
+    conda:
+        "../envs/vision.yaml"
+    threads: 2
+    params:
+        seed=config["seed"],
+    script:
+        "../scripts/build_demo_clip.py"
+
+
+rule build_demo_vlm:
+    output:
+        directory(f"{DEMO_DIR}/qwen2vl-tiny"),
+    log:
+        f"{DEMO_DIR}/logs/build_demo_vlm.log",
+    benchmark:
+        f"{DEMO_DIR}/benchmarks/build_demo_vlm.tsv"
+    conda:
+        "../envs/vision.yaml"
+    threads: 2
+    params:
+        seed=config["seed"],
+    script:
+        "../scripts/build_demo_vlm.py"

@@ -1,0 +1,24 @@
+rule detect:
+    input:
+        images=shard_images,
+        weights=config["detector"]["weights"],
+    output:
+        detections=f"{RESULTS}/tables/detections/{{shard}}.parquet",
+        images=f"{RESULTS}/tables/images/{{shard}}.parquet",
+        rejects=f"{RESULTS}/tables/rejects/{{shard}}.parquet",
+    log:
+        f"{RESULTS}/logs/detect/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/detect/{{shard}}.tsv"
+    conda:
+        "../envs/vision.yaml"
+    threads: 2
+    resources:
+        gpu=GPU,
+    params:
+        manifest=shard_manifest,
+        detector=config["detector"],
+        images=config["images"],
+        device=config["device"],
+    script:
+        "../scripts/detect.py"

@@ -1,0 +1,38 @@
+rule export_results:
+    input:
+        unpack(export_inputs),
+    output:
+        results=f"{RESULTS}/detection_results.json",
+        statistics=f"{RESULTS}/statistics.json",
+        rejects=f"{RESULTS}/rejected_images.csv",
+        target_results=expand(
+            f"{RESULTS}/{{target}}_results.json", target=list(config["targets"])
+        ),
+        tree=directory(expand(f"{RESULTS}/{{folder}}", folder=EXPORT_FOLDERS)),
+    log:
+        f"{RESULTS}/logs/export_results.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export_results.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        targets=config["targets"],
+        export=config["export"],
+        max_images=config["input"]["max_images"],
+        images=config["images"],
+        seed=config["seed"],
+    script:
+        "../scripts/export_results.py"
+
+
+rule write_timing:
+    input:
+        timing_benchmarks,
+    output:
+        f"{RESULTS}/timing.txt",
+    log:
+        f"{RESULTS}/logs/write_timing.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/write_timing.py"

@@ -1,0 +1,38 @@
+rule outliers:
+    input:
+        embeddings=per_shard(f"{RESULTS}/tables/embeddings/{{shard}}.parquet"),
+        detections=per_shard(f"{RESULTS}/tables/detections/{{shard}}.parquet"),
+    output:
+        f"{RESULTS}/tables/outliers.parquet",
+    log:
+        f"{RESULTS}/logs/outliers.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/outliers.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 2
+    params:
+        outliers=config["outliers"],
+        seed=config["seed"],
+    script:
+        "../scripts/outliers.py"
+
+
+rule tsne_plot:
+    input:
+        embeddings=per_shard(f"{RESULTS}/tables/embeddings/{{shard}}.parquet"),
+        outliers=f"{RESULTS}/tables/outliers.parquet",
+    output:
+        f"{RESULTS}/tsne.png",
+    log:
+        f"{RESULTS}/logs/tsne_plot.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tsne_plot.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 2
+    params:
+        tsne=config["tsne"],
+        seed=config["seed"],
+    script:
+        "../scripts/tsne_plot.py"

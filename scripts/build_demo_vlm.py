@@ -1,0 +1,10 @@
+"""Rule build_demo_vlm: a tiny Qwen2-VL folder (config, local tokenizer, processor), seeded."""
+
+from rare_objects.runtime import start_rule
+
+log = start_rule(snakemake)
+
+from rare_objects.tiny_vlm import build_tiny_qwen2vl  # noqa: E402
+
+build_tiny_qwen2vl(snakemake.output[0], seed=snakemake.params.seed)
+log.info("tiny Qwen2-VL written to %s", snakemake.output[0])

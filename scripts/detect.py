@@ -1,0 +1,41 @@
+"""Rule detect: YOLO detections of one shard's images, as rows."""
+
+import pandas as pd
+
+from rare_objects.runtime import start_rule
+
+log = start_rule(snakemake)
+
+from rare_objects import images, models, schemas  # noqa: E402
+from rare_objects.detection import DetectSettings, detect_images  # noqa: E402
+
+detector_cfg = snakemake.params.detector
+image_cfg = snakemake.params.images
+device = models.resolve_device(snakemake.params.device)
+settings = DetectSettings(
+    max_side=detector_cfg["max_side"],
+    imgsz=detector_cfg["imgsz"],
+    conf=detector_cfg["conf"],
+    iou=detector_cfg["iou"],
+    max_det=detector_cfg["max_det"],
+    max_objects=detector_cfg["max_objects"],
+    batch_size=detector_cfg["batch_size"],
+    device=device,
+    half=device.startswith("cuda"),
+)
+model = models.load_detector(snakemake.input.weights)
+manifest = pd.DataFrame(snakemake.params.manifest)
+log.info("shard %s: %d images, device %s", snakemake.wildcards.shard, len(manifest), device)
+
+detections, image_table, rejects = detect_images(
+    manifest,
+    model,
+    settings,
+    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    loader_workers=image_cfg["loader_workers"],
+)
+meta = {"detector_weights": snakemake.input.weights, "rare_objects_schema": schemas.SCHEMA_VERSION}
+schemas.write_table(schemas.pa.Table.from_pandas(detections, preserve_index=False), schemas.DETECTIONS, snakemake.output.detections, meta)
+schemas.write_table(schemas.pa.Table.from_pandas(image_table, preserve_index=False), schemas.IMAGES, snakemake.output.images, meta)
+schemas.write_table(schemas.pa.Table.from_pandas(rejects, preserve_index=False), schemas.REJECTS, snakemake.output.rejects, meta)
+log.info("shard %s: %d objects, %d rejected images", snakemake.wildcards.shard, len(detections), len(rejects))

@@ -1,0 +1,12 @@
+"""Rule write_timing: timing.txt from the rules' benchmark files."""
+
+from rare_objects.runtime import start_rule
+
+log = start_rule(snakemake)
+
+from rare_objects.timing import format_timing, summarise_benchmarks  # noqa: E402
+
+summary = summarise_benchmarks(list(snakemake.input), snakemake.config["results"])
+with open(snakemake.output[0], "w", encoding="utf-8") as handle:
+    handle.write(format_timing(summary))
+log.info("timing of %d jobs written", int(summary["jobs"].sum()))
