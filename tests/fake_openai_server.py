@@ -107,6 +107,7 @@ class FakeOpenAIServer:
             pass
 
     def _handle(self, handler) -> None:
+        hung = False
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -129,6 +130,12 @@ class FakeOpenAIServer:
                                       "model": payload.get("model"), "path": handler.path})
             time.sleep(self.work_s)
             if fault == "timeout":
+                # The client gives up on this request (and may retry) while this handler still
+                # hangs: stop counting it as in flight so that max_in_flight counts the client's
+                # open requests only.
+                with self._lock:
+                    self.in_flight -= 1
+                    hung = True
                 self._stop.wait(self.hang_s)
                 fault = None  # answers (too late) with a success
             if fault in (500, 502, 503, 429, 400):
@@ -146,5 +153,6 @@ class FakeOpenAIServer:
                                        "message": {"role": "assistant", "content": f"object {width}x{height}"}}]}
                 self._send(handler, 200, json.dumps(answer).encode())
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            if not hung:
+                with self._lock:
+                    self.in_flight -= 1

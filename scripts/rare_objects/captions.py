@@ -57,6 +57,7 @@ def caption_objects(
     batch_size: int = 8,
     log: Callable[[str], None] | logging.Logger | None = None,
     progress_every: int = 50,
+    load_workers: int = 2,
 ) -> pd.DataFrame:
     """Caption every row of ``objects``; returns a frame with the CAPTIONS columns, in input order.
 
@@ -67,7 +68,8 @@ def caption_objects(
     that many crops are held in memory. With ``captioner=None`` (backend
     "none") every row gets a simple caption. An empty VLM answer counts as a
     failure. A progress line goes to ``log`` (a logger or a callable) every
-    ``progress_every`` objects and at the end.
+    ``progress_every`` objects and at the end. ``load_workers`` threads decode
+    the next images ahead (0: in this thread).
     """
     from rare_objects import images as imgs
 
@@ -143,12 +145,14 @@ def caption_objects(
         by_image: dict[str, list[int]] = {}
         for i in vlm_positions:
             by_image.setdefault(paths[i], []).append(i)
-        for path, members in by_image.items():
-            try:
-                image = imgs.open_rgb(path)
-            except Exception as exc:  # noqa: BLE001 - ImageRejected or an I/O error
+        # Decode the next images in threads while the captioner works on the current crops.
+        loaded = imgs.iter_images_prefetched(list(by_image), imgs.open_rgb, workers=load_workers,
+                                             catch=(Exception,))
+        for _, path, image in loaded:
+            members = by_image[path]
+            if isinstance(image, BaseException):  # ImageRejected or an I/O error
                 for i in members:
-                    vlm_row(i, error=f"image could not be read: {_error_text(exc)}")
+                    vlm_row(i, error=f"image could not be read: {_error_text(image)}")
                 progress(len(members))
                 continue
             try:

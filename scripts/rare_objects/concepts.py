@@ -67,7 +67,9 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if len(texts) == 0:
-            dim = self.model.get_sentence_embedding_dimension() or 0
+            get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+                self.model.get_sentence_embedding_dimension
+            dim = get_dim() or 0
             return np.zeros((0, dim), dtype=np.float32)
         emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                 normalize_embeddings=True, show_progress_bar=False)

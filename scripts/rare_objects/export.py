@@ -66,7 +66,7 @@ def assemble(
         )
     if concepts is not None:
         frame = frame.merge(
-            concepts[["object_id", "top_concept", "is_final_outlier", "concepts", "probabilities"]],
+            concepts[["object_id", "top_concept", "top_concept_is_common", "is_final_outlier", "concepts", "probabilities"]],
             on="object_id", how="left",
         )
     for column in ("selected", "selection_reason", "description", "caption_error", "top_concept", "is_final_outlier"):
@@ -111,28 +111,44 @@ def _json_value(value):
     return value
 
 
+def _is_true(value) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and np.isnan(value)) and bool(value)
+
+
+def result_record(row: dict, crop_path: str | None) -> dict:
+    """The detection_results.json object of one assembled row."""
+    record = {
+        "path": crop_path,
+        "original_path": row["image_path"],
+        "sample_token": row["sample_token"],
+        "class_name": row["class_name"],
+        "confidence": round(float(row["confidence"]), 6),
+        "bbox": [round(float(row[k]), 2) for k in ("x1", "y1", "x2", "y2")],
+        "is_outlier": bool(row["is_outlier"]),
+        "outlier_code": int(row["outlier_code"]),
+        "top_concept": row.get("top_concept"),
+        "is_final_outlier": row.get("is_final_outlier"),
+        "is_yolo_potential": bool(row["is_yolo_potential"]),
+        "target_matches": list(row["target_matches"]),
+        "description": row.get("description"),
+    }
+    for field in EXTRA_FIELDS:
+        if field in row:
+            record[field] = row[field]
+    return {k: _json_value(v) for k, v in record.items()}
+
+
+def desc_record(row, crop_path: str | None) -> dict:
+    """What report_files.format_desc needs for one object's _desc.txt."""
+    record = result_record(dict(row), crop_path)
+    record["top_concept_is_common"] = _json_value(row.get("top_concept_is_common"))
+    return record
+
+
 def result_records(frame: pd.DataFrame, crop_paths: dict[str, str]):
     """Yield the JSON objects of detection_results.json, one per object."""
     for row in frame.to_dict("records"):
-        record = {
-            "path": crop_paths.get(row["object_id"]),
-            "original_path": row["image_path"],
-            "sample_token": row["sample_token"],
-            "class_name": row["class_name"],
-            "confidence": round(float(row["confidence"]), 6),
-            "bbox": [round(float(row[k]), 2) for k in ("x1", "y1", "x2", "y2")],
-            "is_outlier": bool(row["is_outlier"]),
-            "outlier_code": int(row["outlier_code"]),
-            "top_concept": row.get("top_concept"),
-            "is_final_outlier": row.get("is_final_outlier"),
-            "is_yolo_potential": bool(row["is_yolo_potential"]),
-            "target_matches": list(row["target_matches"]),
-            "description": row.get("description"),
-        }
-        for field in EXTRA_FIELDS:
-            if field in row:
-                record[field] = row[field]
-        yield {k: _json_value(v) for k, v in record.items()}
+        yield result_record(row, crop_paths.get(row["object_id"]))
 
 
 def write_json_array(records, path: str | os.PathLike) -> int:
@@ -155,7 +171,7 @@ def statistics(frame: pd.DataFrame, image_table: pd.DataFrame, rejects: pd.DataF
     """statistics.json: the original's fields first, then image accounting."""
     matches = Counter(t for ts in frame["target_matches"] for t in ts)
     captioned = frame["description"].notna() if "description" in frame else pd.Series(False, index=frame.index)
-    final = frame["is_final_outlier"].fillna(False).astype(bool) if "is_final_outlier" in frame else captioned & False
+    final = frame["is_final_outlier"].map(_is_true)
     return {
         "total_objects": int(len(frame)),
         "processed_objects": int(captioned.sum()),
@@ -250,7 +266,7 @@ def export_tree(
             homes.append(folders["inliers"])
         for home in homes:
             place_file(row["image_path"], home / image_name, link_mode)
-        if row.get("is_final_outlier") is True:
+        if _is_true(row.get("is_final_outlier")):
             place_file(row["image_path"], folders["final_outliers"] / image_name, link_mode)
         for target in row["target_matches"]:
             place_file(row["image_path"], folders["targets"] / target / image_name, link_mode)

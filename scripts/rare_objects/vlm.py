@@ -14,8 +14,6 @@ in input order, is either its caption or the exception that stopped it.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
@@ -215,22 +213,25 @@ class TransformersCaptioner:
         try:
             return list(self._generate(images))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a per-item result
-            if _is_oom(exc):
-                self._release()
-                if len(images) == 1:
-                    log.warning("out of GPU memory on a single crop; recorded as its error")
-                    return [CaptionError(f"out of GPU memory: {_short(exc)}")]
-                half = len(images) // 2
-                new_size = max(1, half)
-                if new_size < self.batch_size:
-                    log.warning("out of GPU memory at batch %d; halving to %d", len(images), new_size)
-                    self.batch_size = new_size
-                return self._caption_batch(images[:half]) + self._caption_batch(images[half:])
+            failure, oom = exc, _is_oom(exc)
+        # Out of the except block: the traceback no longer pins the failed batch's tensors.
+        if oom:
+            self._release()
             if len(images) == 1:
-                return [exc]
-            # Another error: isolate the bad crop(s) by captioning one at a time.
-            log.warning("batch of %d failed (%s); retrying one by one", len(images), _short(exc))
-            return [r for im in images for r in self._caption_batch([im])]
+                log.warning("out of GPU memory on a single crop; recorded as its error")
+                return [CaptionError(f"out of GPU memory: {_short(failure)}")]
+            half = len(images) // 2
+            if half < self.batch_size:
+                log.warning("out of GPU memory at batch %d; halving to %d", len(images), half)
+                self.batch_size = half
+            del failure
+            return self._caption_batch(images[:half]) + self._caption_batch(images[half:])
+        if len(images) == 1:
+            return [failure]
+        # Another error: isolate the bad crop(s) by captioning one at a time.
+        log.warning("batch of %d failed (%s); retrying one by one", len(images), _short(failure))
+        del failure
+        return [r for im in images for r in self._caption_batch([im])]
 
     def caption(self, images: Sequence[Any]) -> list[str | Exception]:
         images = list(images)
@@ -269,12 +270,8 @@ class _Retryable(Exception):
 
 
 def _image_data_url(image) -> str:
-    try:
-        from rare_objects.images import to_data_url
-    except ImportError:  # pragma: no cover - images.py is part of the package
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="JPEG", quality=90)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    from rare_objects.images import to_data_url
+
     return to_data_url(image)
 
 
@@ -451,7 +448,7 @@ def make_captioner(backend: str, settings: dict | None = None):
     (simple captions only).
     """
     settings = dict(settings or {})
-    own = dict(settings.get(backend) or {}) if isinstance(settings.get(backend), dict) else {}
+    own = settings.get(backend) if isinstance(settings.get(backend), dict) else {}
     flat = {k: v for k, v in settings.items() if not isinstance(v, dict)}
     merged = {**flat, **own}
     prompt = merged.get("prompt", DEFAULT_PROMPT)

