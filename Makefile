@@ -27,6 +27,7 @@ demo-data: demo/images/.complete
 
 demo: setup demo-data
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python -m rare_objects.demo_eval results/demo demo/images
 	@echo "Results: results/demo (statistics.json, detection_results.json, outliers/, tsne.png)"
 
 lint: setup demo-data

@@ -24,7 +24,17 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-slurm: installing ${missing[*]}"
-apt-get update -q
+# Retry: a mirror hiccup or a dpkg lock held for a moment should not fail CI.
+retry() {
+    local attempt
+    for attempt in 1 2 3; do
+        "$@" && return 0
+        echo "install-slurm: '$*' failed (attempt $attempt), retrying" >&2
+        sleep 10
+    done
+    "$@"
+}
+retry apt-get update -q
 # policy-rc.d keeps the packages' init scripts from starting daemons during the install:
 # the test starts its own, with its own configuration.
 policy=/usr/sbin/policy-rc.d
@@ -35,5 +45,5 @@ if [ ! -e "$policy" ]; then
     created_policy=1
 fi
 trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+retry apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "install-slurm: done"

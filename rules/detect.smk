@@ -1,6 +1,5 @@
 rule detect:
     input:
-        images=shard_images,
         weights=config["detector"]["weights"],
     output:
         detections=f"{RESULTS}/tables/detections/{{shard}}.parquet",

@@ -111,3 +111,32 @@ def planned_jobs(workdir: Path, config: dict, *args: str) -> dict[str, int]:
                 break
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+@pytest.fixture(scope="session")
+def workflow_images(tmp_path_factory, demo_scene_dir) -> Path:
+    """The demo scenes, copied so that tests may add folders to them."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("images")
+    for path in sorted(demo_scene_dir.rglob("*.jpg")):
+        target = root / path.relative_to(demo_scene_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bad_image_expectations(workflow_images) -> dict[str, str]:
+    from tests.bad_images import write_bad_corpus
+
+    return write_bad_corpus(workflow_images / "zz-bad")
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory, workflow_images, bad_image_expectations, demo_models):
+    """One complete run of the workflow on the scenes plus the bad corpus: (workdir, config)."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = workflow_config(workdir / "results", workflow_images, demo_models)
+    run_snakemake(workdir, config)
+    return workdir, config

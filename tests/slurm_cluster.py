@@ -54,18 +54,41 @@ SNAKEMAKE_TIMEOUT_S = 900
 
 # Keys of the real profile that a one-node test cluster cannot honour.
 CLUSTER_ONLY_RESOURCES = (
-    "gpu", "gpus", "gpu_model", "gres", "cpus_per_gpu", "tasks_per_gpu", "slurm_partition",
-    "slurm_account", "constraint", "qos", "slurm_extra", "clusters", "cluster", "slurm_cluster",
+    "gpu",
+    "gpus",
+    "gpu_model",
+    "gres",
+    "cpus_per_gpu",
+    "tasks_per_gpu",
+    "slurm_partition",
+    "slurm_account",
+    "constraint",
+    "qos",
+    "slurm_extra",
+    "clusters",
+    "cluster",
+    "slurm_cluster",
 )
 CLUSTER_ONLY_OPTIONS = (
-    "software-deployment-method", "use-conda", "conda-prefix", "slurm-qos", "slurm-reservation",
-    "slurm-logdir", "slurm-partition-config", "slurm-requeue", "slurm-array-jobs",
+    "software-deployment-method",
+    "use-conda",
+    "conda-prefix",
+    "slurm-qos",
+    "slurm-reservation",
+    "slurm-logdir",
+    "slurm-partition-config",
+    "slurm-requeue",
+    "slurm-array-jobs",
 )
 
 _SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
-_SUBMITTED_ARRAY = re.compile(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)")
+_SUBMITTED_ARRAY = re.compile(
+    r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)"
+)
 # slurmctld's log line when it starts a job: by the main scheduler, or by backfill.
-_ALLOCATED = re.compile(r"sched: Allocate JobId=(\d+)|sched/backfill: _start_job: Started JobId=(\d+)")
+_ALLOCATED = re.compile(
+    r"sched: Allocate JobId=(\d+)|sched/backfill: _start_job: Started JobId=(\d+)"
+)
 
 
 def in_ci() -> bool:
@@ -86,11 +109,25 @@ def missing_requirements() -> list[str]:
             if "install ok installed" not in status:
                 missing.append(package)
         if missing:
-            reasons.append(f"Debian packages not installed: {' '.join(missing)} (run .ci/install-slurm.sh)")
+            reasons.append(
+                f"Debian packages not installed: {' '.join(missing)} (run .ci/install-slurm.sh)"
+            )
     missing_tools = [tool for tool in SLURM_TOOLS if not shutil.which(tool)]
     if missing_tools:
         reasons.append(f"not on PATH: {' '.join(missing_tools)}")
     return reasons
+
+
+def require_slurm() -> None:
+    """Skip the test when no cluster can be started here; under CI (CI=true), fail instead."""
+    reasons = missing_requirements()
+    if reasons:
+        message = "no Slurm test cluster: " + "; ".join(reasons)
+        if in_ci():
+            pytest.fail(
+                message + " (CI=true: .ci/install-slurm.sh must have installed it)", pytrace=False
+            )
+        pytest.skip(message)
 
 
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -140,7 +177,10 @@ class SlurmCluster:
     def _cluster_sh(self, action: str, timeout: int) -> None:
         result = subprocess.run(
             ["bash", str(CLUSTER_SH), action, str(self.state_dir)],
-            capture_output=True, text=True, timeout=timeout, env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_clean_env(),
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -159,7 +199,9 @@ class SlurmCluster:
 
     def command(self, *args: str, timeout: int = 60) -> str:
         """Run a Slurm client command (squeue, scontrol, ...) against this cluster."""
-        result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=self.env())
+        result = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result.stdout
@@ -208,7 +250,9 @@ class SlurmCluster:
         if configfile is not None:
             command += ["--configfile", str(configfile)]
         if profile is not None:
-            command += ["--executor", "slurm", "--profile", str(profile)]
+            # As the workflow profile, so that it replaces profiles/default (which would
+            # otherwise be applied on top and win, key by key) -- as users are told to run it.
+            command += ["--executor", "slurm", "--workflow-profile", str(profile)]
         command += list(extra_args)
         result = run_bounded(command, cwd=workdir, env=self.env(env), timeout=timeout)
         self.runs.append(result)
@@ -260,7 +304,9 @@ class SlurmCluster:
                     records[fields["JobId"]] = fields
         return records
 
-    def wait_finished(self, job_ids: Iterable[str], timeout: float = 60) -> dict[str, dict[str, str]]:
+    def wait_finished(
+        self, job_ids: Iterable[str], timeout: float = 60
+    ) -> dict[str, dict[str, str]]:
         """Wait (bounded) until every job is in the completion log; returns the log's records."""
         wanted = {str(job).split("_")[0] for job in job_ids}
         deadline = time.monotonic() + timeout
@@ -282,10 +328,17 @@ class SlurmCluster:
         )
 
 
-def run_bounded(command: list[str], cwd: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+def run_bounded(
+    command: list[str], cwd: Path, env: dict[str, str], timeout: int
+) -> subprocess.CompletedProcess:
     """Run `command` in its own process group; on timeout interrupt it (then kill it), never hang."""
     process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -335,7 +388,9 @@ def make_test_profile(
     per_task = f"min(max(threads, 1), {cpus})"
 
     def fit(resources: dict) -> dict:
-        fitted = {key: value for key, value in resources.items() if key not in CLUSTER_ONLY_RESOURCES}
+        fitted = {
+            key: value for key, value in resources.items() if key not in CLUSTER_ONLY_RESOURCES
+        }
         if "mem_mb" in fitted:
             fitted["mem_mb"] = mem_mb
         gpu = resources.get("gpu") or resources.get("gpus")
@@ -356,9 +411,12 @@ def make_test_profile(
     default_resources["mem_mb"] = mem_mb
     profile["default-resources"] = default_resources
     profile["set-resources"] = {
-        rule: fit(resources or {}) for rule, resources in (profile.get("set-resources") or {}).items()
+        rule: fit(resources or {})
+        for rule, resources in (profile.get("set-resources") or {}).items()
     }
-    profile["set-threads"] = {rule: min(int(n), cpus) for rule, n in (profile.get("set-threads") or {}).items()}
+    profile["set-threads"] = {
+        rule: min(int(n), cpus) for rule, n in (profile.get("set-threads") or {}).items()
+    }
     profile.update(
         {
             "executor": "slurm",
@@ -439,12 +497,7 @@ def _stop() -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster(request, tmp_path_factory) -> SlurmCluster:
     """A running one-node Slurm cluster (shared by every test of the session)."""
-    reasons = missing_requirements()
-    if reasons:
-        message = "no Slurm test cluster: " + "; ".join(reasons)
-        if in_ci():
-            pytest.fail(message + " (CI=true: .ci/install-slurm.sh must have installed it)", pytrace=False)
-        pytest.skip(message)
+    require_slurm()
     cluster = _start(tmp_path_factory.mktemp("slurm"))
     request.addfinalizer(_stop)
     # A SIGTERM (e.g. a CI time limit) ends the session like Ctrl-C, so the finalizer stops the cluster.

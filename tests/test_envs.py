@@ -74,7 +74,9 @@ _RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.MULTILINE)
 
 
 def _directive(body: str, name: str) -> str | None:
-    match = re.search(rf"^\s+{name}:\s*(?:#[^\n]*)?\n?\s*[rf]?[\"']([^\"'\n]+)[\"']", body, re.MULTILINE)
+    match = re.search(
+        rf"^\s+{name}:\s*(?:#[^\n]*)?\n?\s*[rf]?[\"']([^\"'\n]+)[\"']", body, re.MULTILINE
+    )
     return match.group(1) if match else None
 
 
@@ -84,7 +86,7 @@ def parse_rules(path: Path) -> list[RuleInfo]:
     matches = list(_RULE.finditer(text))
     rules = []
     for match in matches:
-        rest = text[match.end():]
+        rest = text[match.end() :]
         # The rule's body: the indented lines (and blank or comment lines) after its header.
         end = re.search(r"^(?=[^\s#])", rest, re.MULTILINE)
         body = rest[: end.start()] if end else rest
@@ -103,8 +105,37 @@ def parse_rules(path: Path) -> list[RuleInfo]:
 # --- imports --------------------------------------------------------------------------------
 @dataclass
 class Imports:
-    external: dict[str, set[str]] = field(default_factory=dict)  # top-level module -> files importing it
+    external: dict[str, set[str]] = field(default_factory=dict)  # module -> files importing it
+    optional: dict[str, set[str]] = field(
+        default_factory=dict
+    )  # imported in try/except ImportError
     missing_internal: set[str] = field(default_factory=set)  # rare_objects modules with no file
+
+
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """ids of the import statements inside `try:` blocks that catch ImportError (optional)."""
+    optional = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        caught = set()
+        for handler in node.handlers:
+            if handler.type is None:
+                caught.add("BaseException")
+            for name in ast.walk(handler.type) if handler.type is not None else ():
+                if isinstance(name, ast.Name):
+                    caught.add(name.id)
+        if caught & _IMPORT_ERRORS:
+            for statement in node.body:
+                optional.update(
+                    id(sub)
+                    for sub in ast.walk(statement)
+                    if isinstance(sub, (ast.Import, ast.ImportFrom))
+                )
+    return optional
 
 
 def _module_file(package_root: Path, module: str) -> Path | None:
@@ -149,6 +180,7 @@ def collect_imports(script: Path, package_root: Path, package: str = PACKAGE) ->
         in_package = package_root in path.parents and path != script
         current = _module_name(package_root, path) if in_package else ""
         is_package_init = path.name == "__init__.py"
+        optional = _optional_imports(tree)
         for node in ast.walk(tree):
             modules: list[str] = []
             if isinstance(node, ast.Import):
@@ -176,7 +208,8 @@ def collect_imports(script: Path, package_root: Path, package: str = PACKAGE) ->
                 if top == package:
                     follow(module)
                 elif top:
-                    found.external.setdefault(module, set()).add(str(path.relative_to(package_root.parent)))
+                    target = found.optional if id(node) in optional else found.external
+                    target.setdefault(module, set()).add(str(path.relative_to(package_root.parent)))
     return found
 
 
@@ -194,7 +227,9 @@ def required_distributions(imports: Imports) -> dict[str, set[str]]:
 
 # --- envs/*.yaml ------------------------------------------------------------------------------
 _CONDA_SPEC = re.compile(r"^(?:[\w.-]+::)?([A-Za-z0-9_.-]+)\s*(==?|>=|<=|>|<|!=|~=)?\s*([^\s#]*)")
-_PIP_SPEC = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(==|>=|<=|>|<|!=|~=|===)?\s*([^\s;#]*)")
+_PIP_SPEC = re.compile(
+    r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(==|>=|<=|>|<|!=|~=|===)?\s*([^\s;#]*)"
+)
 
 
 @dataclass
@@ -208,7 +243,11 @@ class Package:
     @property
     def pinned(self) -> bool:
         exact = {"conda": ("=", "=="), "pip": ("==", "===")}[self.source]
-        return self.operator in exact and bool(self.version) and not re.search(r"[*,|<>]", self.version)
+        return (
+            self.operator in exact
+            and bool(self.version)
+            and not re.search(r"[*,|<>]", self.version)
+        )
 
 
 def parse_env(path: Path) -> tuple[dict, list[Package]]:
@@ -219,7 +258,9 @@ def parse_env(path: Path) -> tuple[dict, list[Package]]:
             for spec in dep.get("pip") or []:
                 match = _PIP_SPEC.match(spec.strip())
                 assert match, f"{path.name}: cannot read pip requirement {spec!r}"
-                packages.append(Package(normalize(match.group(1)), spec, match.group(2), match.group(3), "pip"))
+                packages.append(
+                    Package(normalize(match.group(1)), spec, match.group(2), match.group(3), "pip")
+                )
         else:
             match = _CONDA_SPEC.match(str(dep).strip())
             assert match, f"{path.name}: cannot read conda dependency {dep!r}"
@@ -246,7 +287,9 @@ def check_rules(rules: list[RuleInfo], package_root: Path) -> list[str]:
         if not (rule.script or rule.run):
             continue
         if not rule.conda:
-            problems.append(f"rule {rule.name} ({rule.source.name}) has a script:/run: but no conda: directive")
+            problems.append(
+                f"rule {rule.name} ({rule.source.name}) has a script:/run: but no conda: directive"
+            )
             continue
         env_path = rule.path(rule.conda)
         if not env_path.is_file():
@@ -273,7 +316,9 @@ def check_rules(rules: list[RuleInfo], package_root: Path) -> list[str]:
 
 def workflow_rules() -> list[RuleInfo]:
     if not RULES_DIR.is_dir():
-        pytest.skip("rules/ does not exist yet: the workflow's rules are not written (this test must not stay skipped)")
+        pytest.skip(
+            "rules/ does not exist yet: the workflow's rules are not written (this test must not stay skipped)"
+        )
     rules = [rule for path in sorted(RULES_DIR.glob("*.smk")) for rule in parse_rules(path)]
     if (REPO / "Snakefile").exists():
         rules += parse_rules(REPO / "Snakefile")
@@ -327,7 +372,7 @@ def test_there_are_env_files():
 
 
 # --- the checker itself, on a small made-up workflow ------------------------------------------------
-FIXTURE_SMK = '''
+FIXTURE_SMK = """
 rule good:
     input:
         "a.txt",
@@ -373,7 +418,7 @@ rule shell_only:
         "g.txt",
     shell:
         "touch {output}"
-'''
+"""
 
 GOOD_ENV = """
 name: good
@@ -385,6 +430,7 @@ dependencies:
   - pip=26.3
   - pip:
       - scikit-learn==1.9.1
+      - scipy==1.17.1
       - pillow==13.0.0
       - open_clip_torch==3.3.0
       - pyyaml==6.0.3
@@ -413,12 +459,17 @@ def toy_repo(tmp_path) -> Path:
     (tmp_path / "scripts" / "good.py").write_text(
         "import os, json\nimport numpy as np\nfrom PIL import Image\nimport snakemake\n"
         "def f():\n    import sklearn.neighbors  # a late import counts too\n"
+        "try:\n    import cv2  # optional: not required\nexcept ImportError:\n    cv2 = None\n"
+        "try:\n    import faiss\nexcept (ValueError, ModuleNotFoundError):\n    pass\n"
+        "try:\n    import scipy  # a failure other than ImportError is not caught: required\nexcept KeyError:\n    pass\n"
     )
     (tmp_path / "scripts" / "uses_internal.py").write_text(
         "from rare_objects import helpers\nfrom rare_objects.sub import deep\n"
     )
     (package / "__init__.py").write_text("import yaml\n")
-    (package / "helpers.py").write_text("from . import sub\nfrom .sub.deep import thing\nimport torch.nn\n")
+    (package / "helpers.py").write_text(
+        "from . import sub\nfrom .sub.deep import thing\nimport torch.nn\n"
+    )
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "deep.py").write_text(
         "import open_clip\nfrom ..helpers import nothing\nfrom rare_objects import helpers\nfrom rare_objects.gone import x\nthing = 1\n"
@@ -432,7 +483,10 @@ def test_parse_rules_reads_directives(toy_repo):
     assert rules["good"].conda == "../envs/good.yaml"
     assert rules["good"].script == "../scripts/good.py"
     assert rules["good"].path(rules["good"].conda) == (toy_repo / "envs" / "good.yaml").resolve()
-    assert (rules["inline"].conda, rules["inline"].script) == ("../envs/good.yaml", "../scripts/uses_internal.py")
+    assert (rules["inline"].conda, rules["inline"].script) == (
+        "../envs/good.yaml",
+        "../scripts/uses_internal.py",
+    )
     assert rules["no_env"].conda is None and rules["no_env"].script
     assert rules["runs_code"].run and rules["runs_code"].script is None
     assert not (rules["shell_only"].run or rules["shell_only"].script or rules["shell_only"].conda)
@@ -440,8 +494,9 @@ def test_parse_rules_reads_directives(toy_repo):
 
 def test_collect_imports_follows_the_package(toy_repo):
     scripts = toy_repo / "scripts"
-    good = required_distributions(collect_imports(scripts / "good.py", scripts))
-    assert set(good) == {"numpy", "pillow", "scikit-learn"}
+    imports = collect_imports(scripts / "good.py", scripts)
+    assert set(required_distributions(imports)) == {"numpy", "pillow", "scikit-learn", "scipy"}
+    assert set(imports.optional) == {"cv2", "faiss"}
     internal = collect_imports(scripts / "uses_internal.py", scripts)
     assert set(required_distributions(internal)) == {"pyyaml", "torch", "open-clip-torch"}
     assert internal.missing_internal == {"rare_objects.gone"}
@@ -454,10 +509,11 @@ def test_check_rules_reports_each_problem(toy_repo):
     assert "rule no_env (toy.smk) has a script:/run: but no conda: directive" in text
     assert "rule runs_code (toy.smk) has a script:/run: but no conda: directive" in text
     assert "rule lacking: small.yaml lacks scikit-learn" in text
+    assert "rule lacking: small.yaml lacks scipy" in text
     assert "rule inline: uses_internal.py imports rare_objects.gone, which has no file" in text
     assert not any(problem.startswith("rule good:") for problem in problems), text
     assert not any("shell_only" in problem for problem in problems), text
-    assert len(problems) == 4, text
+    assert len(problems) == 5, text
 
 
 def test_pins_are_checked(toy_repo):

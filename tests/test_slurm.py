@@ -29,8 +29,18 @@ from tests.slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
 
 # Every rule of the real workflow: the profile must say what each needs on a cluster.
 WORKFLOW_RULES = {
-    "build_demo_detector", "build_demo_clip", "build_demo_vlm", "detect", "embed", "outliers",
-    "tsne_plot", "select_objects", "caption", "analyse_concepts", "export_results", "write_timing",
+    "build_demo_detector",
+    "build_demo_clip",
+    "build_demo_vlm",
+    "detect",
+    "embed",
+    "outliers",
+    "tsne_plot",
+    "select_objects",
+    "caption",
+    "analyse_concepts",
+    "export_results",
+    "write_timing",
 }
 GPU_RULES = {"detect", "embed", "caption"}
 TOY_SNAKEFILE = TOY_WORKFLOW / "Snakefile"
@@ -47,7 +57,9 @@ def rules_in_workflow() -> set[str]:
     names = set()
     for path in sources:
         if path.exists():
-            names |= set(re.findall(r"^(?:rule|checkpoint)\s+(\w+)\s*:", path.read_text(), re.MULTILINE))
+            names |= set(
+                re.findall(r"^(?:rule|checkpoint)\s+(\w+)\s*:", path.read_text(), re.MULTILINE)
+            )
     return names - {"all"}
 
 
@@ -114,17 +126,40 @@ def test_test_profile_fits_a_one_node_cluster(tmp_path):
     assert profile["slurm-no-account"] is True
     assert not set(CLUSTER_ONLY_OPTIONS) & set(profile)
     assert set(profile["set-resources"]) == set(load_profile()["set-resources"])
-    for rule, resources in [("default", profile["default-resources"]), *profile["set-resources"].items()]:
+    for rule, resources in [
+        ("default", profile["default-resources"]),
+        *profile["set-resources"].items(),
+    ]:
         assert not (set(resources) & set(CLUSTER_ONLY_RESOURCES) - {"gpu"}), rule
         assert resources.get("gpu", 0) == 0, rule
         assert resources["mem_mb"] == 700, rule
         assert resources["cpus_per_task"] == "min(max(threads, 1), 2)", rule
     assert all(n <= 2 for n in profile["set-threads"].values())
 
-    with_gpus = yaml.safe_load((make_test_profile(tmp_path / "gpu", cpus=2, gpus=True) / "config.yaml").read_text())
+    with_gpus = yaml.safe_load(
+        (make_test_profile(tmp_path / "gpu", cpus=2, gpus=True) / "config.yaml").read_text()
+    )
     for rule in GPU_RULES:
         resources = with_gpus["set-resources"][rule]
-        assert (resources["gpu"], resources["cpus_per_task"], resources["cpus_per_gpu"]) == (1, 0, 2), rule
+        assert (resources["gpu"], resources["cpus_per_task"], resources["cpus_per_gpu"]) == (
+            1,
+            0,
+            2,
+        ), rule
+
+
+def test_missing_slurm_skips_locally_but_fails_under_ci(monkeypatch):
+    import tests.slurm_cluster as module
+
+    monkeypatch.setattr(module, "missing_requirements", lambda: ["not root"])
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="not root"):
+        module.require_slurm()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not root"):
+        module.require_slurm()
+    monkeypatch.setattr(module, "missing_requirements", lambda: [])
+    module.require_slurm()  # nothing missing: neither skips nor fails
 
 
 def test_job_ids_are_read_from_the_plugin_log():
@@ -145,7 +180,9 @@ def write_toy_config(path: Path, fail_sample: str = "") -> Path:
 
 def result_files(workdir: Path) -> dict[str, bytes]:
     root = workdir / "results"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def slurm_jobs_by_comment(cluster: SlurmCluster, job_ids: list[str]) -> dict[str, str]:
@@ -165,15 +202,21 @@ def toy_profile(slurm_cluster, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("profile")
     profile = make_test_profile(base / "fitted", mem_mb=500, cpus=slurm_cluster.cpus, gpus=True)
     config = yaml.safe_load((profile / "config.yaml").read_text())
-    config["set-resources"]["transform"] = dict(config["set-resources"]["detect"], mem_mb=300, runtime=5)
+    config["set-resources"]["transform"] = dict(
+        config["set-resources"]["detect"], mem_mb=300, runtime=5
+    )
     (profile / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return profile
 
 
 @pytest.mark.slurm
-def test_toy_workflow_runs_through_slurm_like_a_local_run(slurm_cluster, toy_profile, tmp_path, capsys):
+def test_toy_workflow_runs_through_slurm_like_a_local_run(
+    slurm_cluster, toy_profile, tmp_path, capsys
+):
     config = write_toy_config(tmp_path / "config.yaml")
-    local = slurm_cluster.run_snakemake(tmp_path / "local", TOY_SNAKEFILE, config, None, ["--cores", "2"])
+    local = slurm_cluster.run_snakemake(
+        tmp_path / "local", TOY_SNAKEFILE, config, None, ["--cores", "2"]
+    )
     assert local.returncode == 0, slurm_cluster.describe(local)
 
     run = slurm_cluster.run_snakemake(tmp_path / "slurm", TOY_SNAKEFILE, config, toy_profile)
@@ -191,8 +234,11 @@ def test_toy_workflow_runs_through_slurm_like_a_local_run(slurm_cluster, toy_pro
     assert all(records[job]["JobState"] == "COMPLETED" for job in job_ids), records
     by_comment = slurm_jobs_by_comment(slurm_cluster, job_ids)
     assert set(by_comment) == {
-        "rule_generate_wildcards_a", "rule_generate_wildcards_b",
-        "rule_transform_wildcards_a", "rule_transform_wildcards_b", "rule_combine",
+        "rule_generate_wildcards_a",
+        "rule_generate_wildcards_b",
+        "rule_transform_wildcards_a",
+        "rule_transform_wildcards_b",
+        "rule_combine",
     }
     # Each transform job ran inside its own Slurm job, on the test node.
     for sample in TOY_SAMPLES:

@@ -14,7 +14,6 @@ import pytest
 from sklearn.neighbors import LocalOutlierFactor
 
 from rare_objects import schemas
-from tests.bad_images import write_bad_corpus
 from tests.conftest import planned_jobs, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.workflow
@@ -25,29 +24,14 @@ RESULT_FIELDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory, demo_scene_dir) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    for sub in sorted(p for p in demo_scene_dir.rglob("*") if p.is_dir()):
-        pass
-    for path in sorted(demo_scene_dir.rglob("*.jpg")):
-        target = root / path.relative_to(demo_scene_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return root
+@pytest.fixture
+def run(workflow_run):
+    return workflow_run
 
 
-@pytest.fixture(scope="module")
-def bad_expectations(images) -> dict[str, str]:
-    return write_bad_corpus(images / "zz-bad")
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, images, bad_expectations, demo_models):
-    workdir = tmp_path_factory.mktemp("run")
-    config = workflow_config(workdir / "results", images, demo_models)
-    run_snakemake(workdir, config)
-    return workdir, config
+@pytest.fixture
+def images(workflow_images):
+    return workflow_images
 
 
 def _tables(results: Path, kind: str) -> pd.DataFrame:
@@ -134,7 +118,8 @@ def test_lof_flags_equal_scikit_learn_on_the_same_embeddings(run):
     np.testing.assert_array_equal(outliers.loc[ids, "is_outlier"].to_numpy(), expected_global | expected_class)
 
 
-def test_bad_images_are_rejected_with_reasons_and_good_ones_kept(run, bad_expectations, images):
+def test_bad_images_are_rejected_with_reasons_and_good_ones_kept(run, bad_image_expectations, images):
+    bad_expectations = bad_image_expectations
     workdir, _ = run
     results = workdir / "results"
     rejects = _tables(results, "rejects")

@@ -1,0 +1,140 @@
+"""Overhead of the detect and embed stages over their bare model forward passes.
+
+The stage functions (decode, resize/crop, batching, post-processing, with the
+prefetching loader) run on N demo images; the floor is the same model's
+forward passes on the same, already decoded, inputs at the same batch sizes,
+measured in the same process. Target: stage / floor <= 1.10.
+
+    python bench/overhead.py [--images 48] [--detector PATH|yolov8x.yaml] [--clip demo|ViT-L-14] [--device auto]
+
+With --detector yolov8x.yaml / --clip ViT-L-14 the real-size architectures run
+with random weights (fine for timing; a random detector is given conf 0.001 so
+that it still yields boxes to embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from rare_objects import offline  # noqa: E402
+
+
+def find_demo_model(name: str) -> Path | None:
+    for folder in (REPO / "resources" / "demo", REPO / "tests" / ".cache" / "models"):
+        if (folder / name).exists():
+            return folder / name
+    return None
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--detector", default=None, help="a .pt path, or an ultralytics .yaml for random weights")
+    parser.add_argument("--clip", default="demo", help="demo, or an open_clip model name (random weights)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--detect-batch", type=int, default=8)
+    parser.add_argument("--embed-batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    offline.configure(REPO / ".cache" / "bench")
+    import torch
+
+    from rare_objects import images, models, sources
+    from rare_objects.demo_scenes import generate_scenes
+    from rare_objects.detection import DetectSettings, detect_images
+    from rare_objects.embedding import embed_objects
+
+    device = models.resolve_device(args.device)
+    half = device.startswith("cuda")
+    detector_path = args.detector or str(find_demo_model("detector.pt"))
+    random_detector = detector_path.endswith(".yaml")
+    if random_detector:
+        from ultralytics import YOLO
+
+        detector = YOLO(detector_path, task="detect")
+    else:
+        detector = models.load_detector(detector_path)
+    if args.clip == "demo":
+        clip = models.load_clip(models.DEMO_CLIP_NAME, str(find_demo_model("clip-tiny.pt")), device)
+    else:
+        clip = models.load_clip(args.clip, None, device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_scenes(tmp, n_images=args.images, seed=123, folders=1)
+        manifest = sources.build_manifest(
+            {"kind": "folder", "path": tmp, "extensions": [".jpg"], "max_images": None, "shard_size": 10**9}, seed=0
+        )
+        settings = DetectSettings(
+            conf=0.001 if random_detector else 0.25, batch_size=args.detect_batch, device=device, half=half
+        )
+        # Warm-up: first calls build kernels and caches that neither side should pay.
+        detect_images(manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers)
+
+        stage_times, floor_times = [], []
+        for _ in range(args.repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            detections, _, _ = detect_images(manifest, detector, settings, loader_workers=args.workers)
+            synchronize(device)
+            stage_times.append(time.perf_counter() - start)
+            decoded = [images.resize_longest(images.open_rgb(p), settings.max_side)[0] for p in manifest["image_path"]]
+            synchronize(device)
+            start = time.perf_counter()
+            for i in range(0, len(decoded), settings.batch_size):
+                detector.predict(
+                    decoded[i : i + settings.batch_size], imgsz=settings.imgsz, conf=settings.conf, iou=settings.iou,
+                    max_det=settings.max_det, device=device, half=half, verbose=False,
+                )
+            synchronize(device)
+            floor_times.append(time.perf_counter() - start)
+        detect_stage, detect_floor = min(stage_times), min(floor_times)
+
+        detections = detections.reset_index(drop=True)
+        embed_objects(detections.head(args.embed_batch), clip, batch_size=args.embed_batch, loader_workers=args.workers)
+        stage_times, floor_times = [], []
+        for _ in range(args.repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            embed_objects(detections, clip, batch_size=args.embed_batch, loader_workers=args.workers)
+            synchronize(device)
+            stage_times.append(time.perf_counter() - start)
+            tensors = []
+            for path, rows in detections.groupby("image_path", sort=False):
+                image = images.open_rgb(path)
+                tensors.extend(clip.preprocess(images.crop(image, b)) for b in rows[["x1", "y1", "x2", "y2"]].itertuples(index=False))
+            batch = torch.stack(tensors)
+            synchronize(device)
+            start = time.perf_counter()
+            for i in range(0, len(batch), args.embed_batch):
+                clip.encode_images_tensor(batch[i : i + args.embed_batch])
+            synchronize(device)
+            floor_times.append(time.perf_counter() - start)
+        embed_stage, embed_floor = min(stage_times), min(floor_times)
+
+    n_objects = len(detections)
+    print(f"device {device}; detector {Path(detector_path).name}; clip {clip.identity}; {args.images} images, {n_objects} objects")
+    print(f"detect: stage {detect_stage:.2f} s, floor {detect_floor:.2f} s, ratio {detect_stage / detect_floor:.3f}, "
+          f"{args.images / detect_stage:.1f} images/s (floor {args.images / detect_floor:.1f})")
+    print(f"embed:  stage {embed_stage:.2f} s, floor {embed_floor:.2f} s, ratio {embed_stage / embed_floor:.3f}, "
+          f"{n_objects / embed_stage:.1f} crops/s (floor {n_objects / embed_floor:.1f})")
+    both = (detect_stage + embed_stage) / (detect_floor + embed_floor)
+    print(f"detect+embed ratio {both:.3f} (target <= 1.10: {'met' if both <= 1.10 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
