@@ -50,7 +50,7 @@ crop_paths = export.export_tree(
         report.format_desc(export.desc_record(row, crop)), encoding="utf-8"
     ),
     write_plot=lambda row, path: report.plot_probabilities(
-        row["concepts"], row["probabilities"], path, row["crop_name"]
+        list(row["concepts"]), list(row["probabilities"]), path, row["crop_name"]
     ),
     open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
 )
