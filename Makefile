@@ -35,7 +35,7 @@ lint: setup demo-data
 	$(BIN)/snakefmt --check Snakefile rules
 
 test: setup lint
-	if [ "$$(id -u)" = 0 ] && [ -f .ci/install-slurm.sh ]; then bash .ci/install-slurm.sh; fi
+	if [ "$$(id -u)" = 0 ]; then bash .ci/install-slurm.sh && bash .ci/install-fonts.sh; fi
 	$(BIN)/python -m pytest
 
 test-fast: setup

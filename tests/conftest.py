@@ -53,7 +53,7 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
         "cache_dir": str(CACHE / "libs"),
         "input": {"kind": "folder", "path": str(images), "shard_size": 4, "max_images": 1000},
         "demo": {"models_dir": str(models)},
-        "detector": {"weights": str(models / "detector.pt"), "batch_size": 4},
+        "detector": {"weights": str(models / "detector.pt"), "batch_size": 4, "imgsz": 320},
         "embedder": {"preset": "demo", "batch_size": 32},
         "outliers": {"n_neighbors": 10, "contamination": 0.1, "min_samples": 10},
         "tsne": {"max_points": 500},

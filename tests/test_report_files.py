@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import logging
 import warnings
 
@@ -123,6 +125,8 @@ def test_real_cjk_font_when_installed():
     rf.find_cjk_font.cache_clear()
     name = rf.find_cjk_font()
     if name is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs fonts-ipafont-gothic (.ci/install-fonts.sh), but no CJK font was found")
         pytest.skip("no CJK font installed on this machine")
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font

@@ -141,11 +141,27 @@ def write_desc(record: dict, path: str | os.PathLike, common_classes: Sequence[s
     os.replace(tmp, path)
 
 
+_CJK_FILE_HINTS = ("ipa", "cjk", "takao", "droid", "wqy", "vlgothic", "sourcehan", "noto")
+
+
+def _register_new_system_cjk_fonts(font_manager) -> None:
+    """matplotlib caches the font list once per cache folder; a CJK font installed after
+    that is not in it, so add system font files that look CJK and are not listed yet."""
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known and any(h in os.path.basename(path).lower() for h in _CJK_FILE_HINTS):
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):  # an unreadable font file: skip it
+                continue
+
+
 @functools.lru_cache(maxsize=1)
 def find_cjk_font() -> str | None:
     """The family name of an installed font that renders Japanese, or None."""
     from matplotlib import font_manager
 
+    _register_new_system_cjk_fonts(font_manager)
     installed = {f.name for f in font_manager.fontManager.ttflist}
     for name in CJK_FONT_CANDIDATES:
         if name in installed:
