@@ -8,7 +8,7 @@ measured in the same process. Target: stage / floor <= 1.10.
     python bench/overhead.py [--images 48] [--detector PATH|yolov8x.yaml] [--clip demo|ViT-L-14] [--device auto]
 
 With --detector yolov8x.yaml / --clip ViT-L-14 the real-size architectures run
-with random weights (fine for timing; a random detector is given conf 0.001 so
+with random weights (fine for timing; a random detector is given conf 1e-9 so
 that it still yields boxes to embed).
 """
 
@@ -34,6 +34,7 @@ def find_demo_model(name: str) -> Path | None:
 
 
 def synchronize(device: str) -> None:
+    import numpy as np
     import torch
 
     if device.startswith("cuda"):
@@ -80,7 +81,7 @@ def main() -> None:
             {"kind": "folder", "path": tmp, "extensions": [".jpg"], "max_images": None, "shard_size": 10**9}, seed=0
         )
         settings = DetectSettings(
-            conf=0.001 if random_detector else 0.25, batch_size=args.detect_batch, device=device, half=half
+            conf=1e-9 if random_detector else 0.25, batch_size=args.detect_batch, device=device, half=half
         )
         # Warm-up: first calls build kernels and caches that neither side should pay.
         detect_images(manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers)
@@ -105,6 +106,8 @@ def main() -> None:
         detect_stage, detect_floor = min(stage_times), min(floor_times)
 
         detections = detections.reset_index(drop=True)
+        if detections.empty:
+            raise SystemExit("the detector found no objects to embed; use trained weights or a lower conf")
         embed_objects(detections.head(args.embed_batch), clip, batch_size=args.embed_batch, loader_workers=args.workers)
         stage_times, floor_times = [], []
         for _ in range(args.repeats):
@@ -116,12 +119,12 @@ def main() -> None:
             tensors = []
             for path, rows in detections.groupby("image_path", sort=False):
                 image = images.open_rgb(path)
-                tensors.extend(clip.preprocess(images.crop(image, b)) for b in rows[["x1", "y1", "x2", "y2"]].itertuples(index=False))
-            batch = torch.stack(tensors)
+                tensors.extend(clip.pixels(images.crop(image, b)) for b in rows[["x1", "y1", "x2", "y2"]].itertuples(index=False))
+            batch = torch.from_numpy(np.stack(tensors))
             synchronize(device)
             start = time.perf_counter()
             for i in range(0, len(batch), args.embed_batch):
-                clip.encode_images_tensor(batch[i : i + args.embed_batch])
+                clip.encode_pixels(batch[i : i + args.embed_batch])
             synchronize(device)
             floor_times.append(time.perf_counter() - start)
         embed_stage, embed_floor = min(stage_times), min(floor_times)

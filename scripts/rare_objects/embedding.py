@@ -39,8 +39,8 @@ def embed_objects(
     def load(path):
         image = open_image(path)
         objects = by_image_rows[path]
-        crops = [images.crop(image, box) for box in objects[["x1", "y1", "x2", "y2"]].itertuples(index=False)]
-        return torch.stack([clip.preprocess(c) for c in crops])
+        boxes = objects[["x1", "y1", "x2", "y2"]].itertuples(index=False)
+        return torch.from_numpy(np.stack([clip.pixels(images.crop(image, box)) for box in boxes]))
 
     by_image_rows = {path: rows for path, rows in by_image}
     ids: list[str] = []
@@ -54,7 +54,7 @@ def embed_objects(
         nonlocal batch_rows
         if not batch_tensors:
             return
-        encoded = clip.encode_images_tensor(torch.cat(batch_tensors))
+        encoded = clip.encode_pixels(torch.cat(batch_tensors))
         ids.extend(batch_ids)
         vectors.extend(encoded)
         errors.extend([None] * len(batch_ids))

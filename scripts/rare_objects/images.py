@@ -104,6 +104,10 @@ def _open_header(path) -> Image.Image:
         return Image.open(path)
     except UnidentifiedImageError:
         raise ImageRejected(path, "not_an_image", "not a recognised image format") from None
+    except ImportError:
+        # ultralytics replaces Image.open on import with a version that, for an
+        # unidentified file, tries to import a HEIF plugin; offline that import fails.
+        raise ImageRejected(path, "not_an_image", "not a recognised image format (no decoder for it)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(path, "decompression_bomb", str(exc)) from None
     except FileNotFoundError:

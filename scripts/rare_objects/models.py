@@ -100,6 +100,38 @@ class ClipModel:
             features = self.model.encode_image(batch.to(self.device, self.dtype), normalize=True)
         return features.float().cpu().numpy()
 
+    def pixels(self, image) -> np.ndarray:
+        """open_clip's own resize and crop of a PIL image, as uint8 (H, W, 3).
+
+        The float conversion and normalisation then run batched on the model's
+        device (:meth:`encode_pixels`): done per crop on the CPU they cost more
+        than a GPU forward pass of ViT-L/14.
+        """
+        return np.asarray(self._pixel_stage(image), dtype=np.uint8)
+
+    def encode_pixels(self, pixels) -> np.ndarray:
+        """Embeddings of a uint8 (N, H, W, 3) tensor from :meth:`pixels`; equals :meth:`encode_images`."""
+        import torch
+
+        with torch.inference_mode():
+            batch = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            batch = (batch - self._mean.to(self.device)) / self._std.to(self.device)
+            features = self.model.encode_image(batch.to(self.dtype), normalize=True)
+        return features.float().cpu().numpy()
+
+    def __post_init__(self):
+        import torch
+        from torchvision import transforms
+
+        steps = list(getattr(self.preprocess, "transforms", []))
+        normalize = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
+        pil_steps = [t for t in steps if not isinstance(t, (transforms.ToTensor, transforms.Normalize))]
+        self._pixel_stage = transforms.Compose(pil_steps)
+        mean = normalize.mean if normalize else (0.0, 0.0, 0.0)
+        std = normalize.std if normalize else (1.0, 1.0, 1.0)
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 text embeddings (the text-encoder protocol of concepts)."""
         import torch

@@ -1,0 +1,187 @@
+"""Stage functions without Snakemake: detection rows, embeddings, selection, export, timing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from rare_objects import offline, sources
+from tests.conftest import CACHE
+
+offline.configure(CACHE / "libs")
+
+from rare_objects import export, models, schemas, selection, timing  # noqa: E402
+from rare_objects.detection import DetectSettings, detect_images  # noqa: E402
+from rare_objects.embedding import embed_objects  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def random_detector():
+    """A YOLOv8n with random weights: at conf 1e-9 it returns max_det boxes of every image."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    return YOLO("yolov8n.yaml", task="detect")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    import open_clip
+
+    open_clip.add_model_config(models.MODEL_CONFIG_DIR)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "clip.pt"
+    torch.save(open_clip.create_model(models.DEMO_CLIP_NAME).state_dict(), path)
+    return models.load_clip(models.DEMO_CLIP_NAME, str(path), "cpu")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "a" / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(tmp_path / "a" / "small.jpg")
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
+    return tmp_path
+
+
+def _manifest(folder):
+    return sources.build_manifest(
+        {"kind": "folder", "path": str(folder), "extensions": [".jpg", ".png"], "max_images": None, "shard_size": 10}, 0
+    )
+
+
+def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
+    settings = DetectSettings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2)
+    detections, per_image, rejects = detect_images(_manifest(image_folder), random_detector, settings)
+    assert list(rejects["reason"].str.split(":").str[0]) == ["not_an_image"]
+    assert per_image.set_index("image_path")["status"].to_dict()[str(image_folder / "a" / "broken.jpg")] == "rejected"
+    assert detections.groupby("image_id").size().max() == 7
+    wide = detections[detections["image_path"].str.endswith("wide.png")]
+    assert (wide["image_width"] == 300).all() and (wide["image_height"] == 200).all()
+    assert (wide[["x1", "x2"]].to_numpy() <= 300).all() and (wide[["y1", "y2"]].to_numpy() <= 200).all()
+    # resized to 100 px wide: boxes were scaled back up, so some exceed the resized frame
+    assert wide["x2"].max() > 100
+    for _, group in detections.groupby("image_id"):
+        assert group["confidence"].is_monotonic_decreasing
+        assert group["rank"].tolist() == list(range(len(group)))
+    assert detections["object_id"].is_unique
+    assert (detections["crop_width"] >= 1).all()
+    table = schemas.pa.Table.from_pandas(detections, preserve_index=False)
+    schemas.write_table(table, schemas.DETECTIONS, image_folder / "out.parquet")
+
+
+def test_pixel_path_equals_open_clip_preprocessing(clip):
+    rng = np.random.default_rng(1)
+    crops = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(30, 50), (120, 40), (64, 64)]]
+    reference = clip.encode_images(crops)
+    fast = clip.encode_pixels(torch.from_numpy(np.stack([clip.pixels(c) for c in crops])))
+    np.testing.assert_allclose(fast, reference, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+
+
+def test_embeddings_cover_every_object_and_record_unreadable_images(random_detector, clip, image_folder):
+    settings = DetectSettings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
+    detections, _, _ = detect_images(_manifest(image_folder), random_detector, settings)
+    (image_folder / "a" / "small.jpg").write_bytes(b"")  # changed after detection
+    table = embed_objects(detections, clip, batch_size=3)
+    frame = table.to_pandas()
+    assert frame["object_id"].tolist() == detections["object_id"].tolist()
+    small = detections["image_path"].str.endswith("small.jpg").to_numpy()
+    assert frame.loc[small, "embedding"].isna().all()
+    assert frame.loc[small, "error"].str.startswith("empty_file").all()
+    vectors = np.stack(frame.loc[~small, "embedding"].to_numpy())
+    assert vectors.shape[1] == clip.dim
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    image = Image.open(image_folder / "a" / "wide.png").convert("RGB")
+    first = detections[~small].iloc[0]
+    from rare_objects import images
+
+    expected = clip.encode_images([images.crop(image, (first.x1, first.y1, first.x2, first.y2))])[0]
+    np.testing.assert_allclose(vectors[0], expected, atol=1e-5)
+
+
+def test_target_matches_and_selection_reasons():
+    targets = {"construction_vehicle": ["truck", "bus"], "trailer": ["truck"], "bicycle": ["bicycle"]}
+    objects = pd.DataFrame(
+        {
+            "object_id": [f"o{i}" for i in range(6)],
+            "class_name": ["truck", "car", "bicycle", "car", "car", "person"],
+            "is_outlier": [False, True, False, True, True, False],
+            "global_score": [-1.0, -3.0, -1.1, -2.0, -2.5, -1.0],
+            "image_path": ["x.jpg"] * 6,
+            "confidence": [0.9] * 6,
+            "x1": [0.0] * 6, "y1": [0.0] * 6, "x2": [5.0] * 6, "y2": [5.0] * 6,
+        }
+    )
+    matrix = np.eye(6, 4, dtype=np.float32)
+    matrix[3:5] = [0, 1, 0, 0]  # o3 and o4 duplicate o1's direction
+    matrix[1] = [0, 1, 0, 0]
+    table = selection.select_objects(
+        objects, matrix, targets, include=["outliers", "targets"], vlm_for=["targets"],
+        similarity_threshold=0.99, max_per_cluster=2, partitions=3,
+    )
+    assert table.loc[0, "target_matches"] == ["construction_vehicle", "trailer"]
+    assert table["candidate"].tolist() == [True, True, True, True, True, False]
+    # o1, o3, o4 are one cluster; the two most anomalous (o1: -3.0, o4: -2.5) are kept
+    assert table["selected"].tolist() == [True, True, True, False, True, False]
+    assert table.loc[5, "reason"] == "not_a_candidate"
+    assert table["needs_vlm"].tolist() == [True, False, True, False, False, False]
+    assert table.loc[~table["selected"], "caption_partition"].isna().all()
+    again = selection.caption_partition(table["object_id"], 3)
+    assert (again == selection.caption_partition(table["object_id"], 3)).all()
+
+
+def test_statistics_and_json_fields(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "object_id": ["a-00", "a-01"], "image_id": ["a", "a"], "image_path": ["/d/a.jpg"] * 2,
+            "sample_token": ["tok"] * 2, "camera": [None, None], "rank": [0, 1], "class_name": ["truck", "car"],
+            "confidence": [0.9, 0.5], "x1": [1.0, 2.0], "y1": [1.0, 2.0], "x2": [5.0, 6.0], "y2": [5.0, 6.0],
+        }
+    )
+    outliers = pd.DataFrame(
+        {"object_id": ["a-00", "a-01"], "global_score": [-2.0, -1.0], "class_score": [None, None],
+         "outlier_code": [1, 0], "is_outlier": [True, False]}
+    )
+    assembled = export.assemble(frame, outliers, {"trailer": ["truck"]})
+    records = list(export.result_records(assembled, {}))
+    assert [r["outlier_code"] for r in records] == [1, 0]
+    assert records[0]["target_matches"] == ["trailer"] and records[0]["is_yolo_potential"] is True
+    assert list(records[0])[:13] == export.RESULT_FIELDS
+    count = export.write_json_array(iter(records), tmp_path / "r.json")
+    assert count == 2 and json.loads((tmp_path / "r.json").read_text()) == records
+    stats = export.statistics(
+        assembled, pd.DataFrame({"n_objects": [2, 0]}), pd.DataFrame({"reason": ["truncated: x"]}), {"trailer": []}
+    )
+    assert stats["total_objects"] == 2 and stats["outlier_count"] == 1
+    assert stats["target_counts"] == {"trailer": 1}
+    assert stats["rejected_by_reason"] == {"truncated": 1}
+
+
+def test_per_object_files_follow_the_original_defaults():
+    on = {"minimal_io": False, "save_crops": True, "save_descriptions": True, "save_probability_plots": True,
+          "cleanup_temp_crops": True}
+    assert export.per_object_file_switches(on, max_images=100)["save_crops"] is True
+    assert not any(export.per_object_file_switches(on, max_images=None).values())
+    assert not any(export.per_object_file_switches({**on, "minimal_io": True}, max_images=100).values())
+    assert export.per_object_file_switches({**on, "cleanup_temp_crops": False}, 5)["keep_cropped_objects"] is True
+
+
+def test_timing_summary(tmp_path):
+    bench = tmp_path / "benchmarks"
+    (bench / "detect").mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for shard, seconds in [("a", 2.0), ("b", 3.0)]:
+        (bench / "detect" / f"{shard}.tsv").write_text(header + f"{seconds}\t0:00:02\t100.5\t1\t1\t1\t0\t0\t0\t1\n")
+    (bench / "outliers.tsv").write_text(header + "1.5\t0:00:01\tNA\t1\t1\t1\t0\t0\t0\t1\n")
+    summary = timing.summarise_benchmarks(sorted(map(str, bench.rglob("*.tsv"))), str(tmp_path))
+    rows = summary.set_index("rule")
+    assert rows.loc["detect", "jobs"] == 2 and rows.loc["detect", "total_s"] == 5.0
+    text = timing.format_timing(summary)
+    assert text.splitlines()[-1].split() == ["total", "3", "6.50"]
