@@ -256,8 +256,10 @@ def export_tree(
         (folders["targets"] / target).mkdir(exist_ok=True)
 
     inlier_rows = set(choose_inliers(frame, max_inliers, seed))
+    final = frame["is_final_outlier"].map(_is_true) if "is_final_outlier" in frame else False
+    exported = frame["is_outlier"] | frame.index.isin(inlier_rows) | final | frame["target_matches"].map(bool)
     placements: dict[int, list[Path]] = {}  # row index -> folders that get its crop and files
-    for idx, row in frame.iterrows():
+    for idx, row in frame[exported].iterrows():
         image_name = image_export_name(row)
         homes = []
         if row["is_outlier"]:
