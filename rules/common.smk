@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,8 +31,9 @@ def uses_gpu():
     if config["device"] == "cpu":
         return 0
     if config["device"] == "auto":
-        # Cheap check at parse time (importing torch in every job's parse is slow).
-        return int(Path("/dev/nvidia0").exists())
+        # Cheap check at parse time (importing torch in every job's parse is slow):
+        # a machine with an NVIDIA GPU has its driver's nvidia-smi on PATH.
+        return int(shutil.which("nvidia-smi") is not None)
     return 1
 
 

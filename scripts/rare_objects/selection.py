@@ -13,6 +13,7 @@ import pandas as pd
 
 from .diversity import diversity_filter
 from .export import target_matches
+from .neighbors import DEFAULT_EXACT_MAX
 
 
 def caption_partition(object_ids: pd.Series, partitions: int) -> np.ndarray:
@@ -32,7 +33,7 @@ def select_objects(
     similarity_threshold: float,
     max_per_cluster: int,
     partitions: int,
-    exact_max: int = 200_000,
+    exact_max: int = DEFAULT_EXACT_MAX,
 ) -> pd.DataFrame:
     """The selection table (schemas.SELECTION) for ``objects``.
 

@@ -78,21 +78,25 @@ def build_demo_detector(
     out_path: str | os.PathLike,
     work_dir: str | os.PathLike,
     seed: int = 0,
-    epochs: int = 30,
+    epochs: int = 20,
     imgsz: int = 320,
     n_train: int = 200,
     n_val: int = 40,
-    batch: int = 16,
+    batch: int = 8,
     threads: int | None = None,
     force: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Train the tiny demo detector and copy its best weights to ``out_path``.
 
-    Training scenes are 320x192 (the demo's 640x384 geometry at half size), so at
-    ``imgsz=320`` the objects appear at the scale the demo images show them at that size.
-    AdamW at lr0 0.004; 30 epochs take about 3 minutes on 2 CPU cores and reach mAP50 ~0.9.
-    The run (dataset, ultralytics run folder, metrics JSON) lives in ``work_dir``.
+    Training scenes are ``imgsz`` x ``0.6 imgsz`` (the demo's 640x384 geometry), trained as
+    rectangular batches (``rect=True``: a third of the pixels of square mosaics, and with
+    equal shapes ultralytics still shuffles) in channels-last layout, AdamW at lr0 0.004 and
+    one optimizer step per batch (``nbs=batch``; the default nbs=64 accumulates 8 batches,
+    which leaves mAP at 0 for most of a short run). 20 epochs of 200 scenes reach mAP50 about
+    0.85 in about 2 minutes on 2 idle CPU cores. The model keeps ``imgsz`` as its default
+    prediction size, so ``YOLO(out_path).predict(image)`` sees demo images at the trained
+    scale. The run (dataset, ultralytics run folder, metrics JSON) lives in ``work_dir``.
     """
     out_path = Path(out_path)
     if out_path.exists() and not force:
@@ -133,6 +137,9 @@ def build_demo_detector(
         deterministic=True,
         optimizer="AdamW",
         lr0=0.004,
+        nbs=batch,
+        rect=True,
+        channels_last=True,
         amp=False,
         plots=False,
         val=False,  # validate once, after the last epoch
@@ -409,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     det.add_argument("--out", required=True)
     det.add_argument("--work-dir", help="training folder (default: <out>.work)")
     det.add_argument("--seed", type=int, default=0)
-    det.add_argument("--epochs", type=int, default=30)
+    det.add_argument("--epochs", type=int, default=20)
     det.add_argument("--imgsz", type=int, default=320)
     det.add_argument("--n-train", type=int, default=200)
     clip = sub.add_parser("clip", help="build the tiny open_clip model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -68,11 +69,26 @@ def _stratified(rows: np.ndarray, labels: np.ndarray, budget: int, rng: np.rando
     return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
 
 
-def tsne_coordinates(X: np.ndarray, perplexity: float = 30, seed: int = 0, pca_dims: int = 50) -> np.ndarray:
+def _thread_limit(threads: int | None):
+    try:  # scikit-learn's own dependency; optional here
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
+
+
+EXACT_BELOW = 300  # points: below, the exact t-SNE gradient is cheaper than Barnes-Hut's
+
+
+def tsne_coordinates(
+    X: np.ndarray, perplexity: float = 30, seed: int = 0, pca_dims: int = 50, threads: int | None = None
+) -> np.ndarray:
     """2-D t-SNE of the rows of ``X`` (PCA to ``pca_dims`` first); handles tiny inputs.
 
     Perplexity is clamped below the number of points (scikit-learn requires
     it); 1 point maps to the origin, 2 points to (-1, 0) and (1, 0).
+    ``threads`` caps the OpenMP/BLAS threads (Barnes-Hut's OpenMP loop slows
+    down badly when the cores are shared with other jobs; None = no cap).
     """
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
@@ -90,8 +106,16 @@ def tsne_coordinates(X: np.ndarray, perplexity: float = 30, seed: int = 0, pca_d
     if X.shape[1] > n_comp:
         Z = PCA(n_components=n_comp, random_state=seed).fit_transform(X)
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
-    return tsne.fit_transform(np.asarray(Z, dtype=np.float32)).astype(np.float32)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        random_state=seed,
+        learning_rate="auto",
+        method="exact" if n < EXACT_BELOW else "barnes_hut",
+    )
+    with _thread_limit(threads):
+        return tsne.fit_transform(np.asarray(Z, dtype=np.float32)).astype(np.float32)
 
 
 def plot_tsne(
@@ -104,6 +128,7 @@ def plot_tsne(
     seed: int = 0,
     title: str = "t-SNE of object embeddings",
     object_ids=None,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Write a t-SNE scatter of ``X`` to ``out_png``; return the plotted points.
 
@@ -123,7 +148,7 @@ def plot_tsne(
     if not (len(X) == len(class_names) == len(is_outlier)):
         raise ValueError("X, class_names and is_outlier must have the same length")
     rows = subsample_indices(class_names, is_outlier, max_points, seed)
-    coords = tsne_coordinates(X[rows], perplexity=perplexity, seed=seed)
+    coords = tsne_coordinates(X[rows], perplexity=perplexity, seed=seed, threads=threads)
     frame = pd.DataFrame(
         {
             "row": rows.astype(np.int64),

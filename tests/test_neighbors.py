@@ -1,0 +1,142 @@
+"""Neighbour search: exact path = scikit-learn, approximate path close to it."""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from rare_objects.neighbors import (
+    AnnParams,
+    approximate_knn,
+    exact_knn,
+    iter_similar_pairs,
+    knn,
+    normalised,
+    similar_pairs,
+)
+
+
+def clustered(n=3000, dim=32, clusters=12, latent=6, seed=0, duplicates=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    bases = rng.standard_normal((clusters, latent, dim)).astype(np.float32) / np.sqrt(latent)
+    c = rng.integers(0, clusters, n)
+    z = rng.standard_normal((n, latent)).astype(np.float32)
+    X = centres[c] + 0.5 * np.einsum("nl,nld->nd", z, bases[c]) + 0.02 * rng.standard_normal((n, dim)).astype(np.float32)
+    if duplicates:
+        X[n - duplicates :] = X[rng.integers(0, n - duplicates, duplicates)]
+    return normalised(X.astype(np.float32))
+
+
+def recall(found, truth):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)])
+
+
+def test_exact_knn_is_sklearn():
+    X = clustered(500)
+    dist, ind = exact_knn(X, 7)
+    ref_d, ref_i = NearestNeighbors(n_neighbors=7).fit(X).kneighbors()
+    assert dist.dtype == np.float32 and ind.dtype == np.int64
+    np.testing.assert_array_equal(ind, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-6)
+    assert not (ind == np.arange(500)[:, None]).any()
+
+
+def test_knn_switches_at_exact_max():
+    X = clustered(800)
+    d1, i1 = knn(X, 5, exact_max=800)
+    d2, i2 = exact_knn(X, 5)
+    np.testing.assert_array_equal(i1, i2)
+    d3, i3 = knn(X, 5, exact_max=799, ann=AnnParams(cell_size=100, nprobe=3, candidates=20, pca_dims=None))
+    d4, i4 = approximate_knn(X, 5, AnnParams(cell_size=100, nprobe=3, candidates=20, pca_dims=None))
+    np.testing.assert_array_equal(i3, i4)
+    np.testing.assert_array_equal(d3, d4)
+
+
+@pytest.mark.parametrize("pca_dims", [None, 16])
+def test_approximate_close_to_exact(pca_dims):
+    X = clustered(4000, dim=32)
+    k = 10
+    _, truth = exact_knn(X, k)
+    params = AnnParams(cell_size=200, nprobe=6, candidates=40, pca_dims=pca_dims)
+    dist, ind = approximate_knn(X, k, params)
+    assert dist.shape == (4000, k) and dist.dtype == np.float32 and ind.dtype == np.int64
+    assert recall(ind, truth) >= 0.95
+    assert not (ind == np.arange(4000)[:, None]).any()
+    assert (np.diff(dist, axis=1) >= 0).all()
+    # distances are the true ones for the neighbours found
+    true_d = np.linalg.norm(X[ind] - X[:, None, :], axis=2)
+    np.testing.assert_allclose(dist, true_d, atol=1e-5)
+
+
+def test_approximate_full_probe_is_exact():
+    X = clustered(1500, dim=24)
+    _, truth = exact_knn(X, 8)
+    _, ind = approximate_knn(X, 8, AnnParams(nlist=1, pca_dims=None, candidates=1499))
+    assert recall(ind, truth) == 1.0
+
+
+def test_approximate_deterministic_and_partitions():
+    X = clustered(3000, dim=32, seed=3)
+    params = AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=12, partitions=2)
+    a = approximate_knn(X, 6, params)
+    b = approximate_knn(X, 6, params)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    _, truth = exact_knn(X, 6)
+    one = approximate_knn(X, 6, AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=12, partitions=1))
+    assert recall(a[1], truth) >= recall(one[1], truth)
+
+
+def test_duplicates_and_tiny_cells():
+    X = clustered(600, dim=16, duplicates=150)
+    dist, ind = approximate_knn(X, 5, AnnParams(cell_size=20, nprobe=2, candidates=6, pca_dims=None))
+    assert not (ind == np.arange(600)[:, None]).any()
+    assert np.isfinite(dist).all()
+    true_d = np.linalg.norm(X[ind] - X[:, None, :], axis=2)
+    np.testing.assert_allclose(dist, true_d, atol=1e-5)
+    # a duplicated row finds its copy at distance exactly 0
+    dup = np.flatnonzero((np.linalg.norm(X[:, None] - X[None], axis=2) == 0).sum(1) > 1)
+    assert (dist[dup, 0] == 0).mean() > 0.9
+
+
+def test_k_validation():
+    X = clustered(10)
+    with pytest.raises(ValueError):
+        knn(X, 10)
+    with pytest.raises(ValueError):
+        approximate_knn(X, 0)
+
+
+def dense_pairs(X, t):
+    S = normalised(X) @ normalised(X).T
+    i, j = np.nonzero(np.triu(S >= t, k=1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_similar_pairs_exact_equals_dense(seed):
+    X = clustered(700, dim=16, seed=seed, duplicates=50)
+    t = 0.97
+    i, j, s = similar_pairs(X, t, block_size=64)
+    assert set(zip(i.tolist(), j.tolist())) == dense_pairs(X, t)
+    assert (i < j).all() and (s >= t).all()
+    chunks = list(iter_similar_pairs(X, t, block_size=1000))
+    assert sum(c[0].size for c in chunks) == i.size
+
+
+def test_similar_pairs_approximate_finds_near_duplicates():
+    X = clustered(3000, dim=32, duplicates=300)
+    t = 0.98
+    truth = dense_pairs(X, t)
+    i, j, s = similar_pairs(X, t, exact_max=0, max_neighbors=16,
+                            ann=AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=None))
+    found = set(zip(i.tolist(), j.tolist()))
+    assert found <= truth
+    assert len(found) >= 0.95 * len(truth)
+
+
+def test_normalised_keeps_unit_input():
+    X = clustered(50)
+    assert normalised(X) is X
+    Y = normalised(X * 3)
+    np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1, atol=1e-6)

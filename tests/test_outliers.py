@@ -1,0 +1,163 @@
+"""LOF: exact path is scikit-learn bit for bit; approximate path close; class-aware logic; t-SNE plot."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from sklearn.neighbors import LocalOutlierFactor
+
+from rare_objects import schemas
+from rare_objects.neighbors import AnnParams
+from rare_objects.outliers import OUTLIER_COLUMNS, class_aware_outliers, lof_flags
+from rare_objects.tsne import plot_tsne, subsample_indices
+from tests.test_neighbors import clustered
+
+
+def blobs(n=1200, dim=16, seed=0, outliers=30):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, dim)) * 3
+    X = centres[rng.integers(0, 5, n)] + rng.standard_normal((n, dim)) * rng.uniform(0.3, 1.0, (n, 1))
+    X[:outliers] = rng.standard_normal((outliers, dim)) * 6
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32)
+
+
+def sklearn_lof(X, n_neighbors, contamination):
+    lof = LocalOutlierFactor(n_neighbors=n_neighbors, contamination=contamination)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels = lof.fit_predict(X)
+    return lof.negative_outlier_factor_, labels == -1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("contamination", [0.05, 0.2, "auto"])
+def test_exact_path_is_sklearn(seed, contamination):
+    X = blobs(seed=seed)
+    scores, flags = lof_flags(X, n_neighbors=20, contamination=contamination, exact_max=10_000)
+    ref_scores, ref_flags = sklearn_lof(X, 20, contamination)
+    assert scores.dtype == np.float32 and flags.dtype == bool
+    np.testing.assert_array_equal(flags, ref_flags)
+    np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
+
+
+def test_fewer_rows_than_neighbours():
+    X = blobs(n=12, outliers=2)
+    scores, flags = lof_flags(X, n_neighbors=20, contamination=0.1)
+    ref_scores, ref_flags = sklearn_lof(X, 11, 0.1)  # what scikit-learn falls back to
+    np.testing.assert_array_equal(flags, ref_flags)
+    np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
+    for n in (0, 1, 2):
+        scores, flags = lof_flags(X[:n], n_neighbors=20, contamination=0.5)
+        assert scores.shape == (n,) and not flags.any() and (scores == -1).all()
+    scores, flags = lof_flags(X[:3], n_neighbors=20, contamination=0.5, exact_max=0)
+    assert scores.shape == (3,)
+
+
+def test_contamination_checked():
+    X = blobs(n=50)
+    for bad in (0, 0.6, -0.1, "sometimes"):
+        with pytest.raises(ValueError):
+            lof_flags(X, contamination=bad)
+
+
+@pytest.mark.parametrize("contamination", [0.05, "auto"])
+def test_precomputed_path_with_exact_neighbours_matches(contamination):
+    """The approximate path with a search that finds everything = scikit-learn's flags."""
+    X = blobs(n=900, seed=2)
+    full = AnnParams(nlist=1, pca_dims=None, candidates=899)
+    scores, flags = lof_flags(X, 20, contamination, exact_max=0, ann=full)
+    ref_scores, ref_flags = sklearn_lof(X, 20, contamination)
+    np.testing.assert_array_equal(flags, ref_flags)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pca_dims", [None, 16])
+def test_approximate_path_close_to_exact(pca_dims):
+    X = clustered(3000, dim=32, seed=4)  # low intrinsic dimension, like image embeddings
+    rng = np.random.default_rng(0)
+    X[:60] = rng.standard_normal((60, 32))  # planted outliers
+    X[:60] /= np.linalg.norm(X[:60], axis=1, keepdims=True)
+    params = AnnParams(cell_size=250, nprobe=5, candidates=40, pca_dims=pca_dims)
+    _, approx = lof_flags(X, 20, 0.05, exact_max=0, ann=params)
+    _, exact = lof_flags(X, 20, 0.05)
+    jaccard = (approx & exact).sum() / (approx | exact).sum()
+    assert jaccard >= 0.9
+    assert approx[:60].all()
+
+
+def test_approximate_path_with_duplicates():
+    X = blobs(n=800, seed=5)
+    X[400:600] = X[200:400]  # every row of 200..599 has a copy
+    scores, flags = lof_flags(X, 10, 0.05, exact_max=0, ann=AnnParams(cell_size=100, nprobe=4, candidates=20))
+    assert np.isfinite(scores).all() and flags.sum() > 0
+
+
+def test_class_aware_logic():
+    X = blobs(n=600, seed=6)
+    names = np.array(["car"] * 400 + ["bus"] * 190 + ["train"] * 10, dtype=object)
+    names[:30] = "car"
+    frame = class_aware_outliers(X, names, n_neighbors=10, contamination=0.1, min_samples=11)
+    assert list(frame.columns) == OUTLIER_COLUMNS
+    g_scores, g_flags = sklearn_lof(X, 10, 0.1)
+    np.testing.assert_array_equal(frame["global_outlier"].to_numpy(), g_flags)
+    np.testing.assert_array_equal(frame["global_score"].to_numpy(), g_scores.astype(np.float32))
+    car = names == "car"
+    c_scores, c_flags = sklearn_lof(X[car], 10, 0.1)
+    np.testing.assert_array_equal(frame["class_outlier"].to_numpy()[car], c_flags)
+    np.testing.assert_array_equal(frame["class_score"].to_numpy()[car].astype(np.float32), c_scores.astype(np.float32))
+    train = names == "train"  # 10 rows < min_samples 11: no class LOF
+    assert frame["class_score"][train].isna().all() and not frame["class_outlier"][train].any()
+    assert frame["class_score"][~train].notna().all()
+    code = frame["outlier_code"].to_numpy()
+    g, c = frame["global_outlier"].to_numpy(), frame["class_outlier"].to_numpy()
+    np.testing.assert_array_equal(code, np.where(g & c, 3, np.where(g, 1, np.where(c, 2, 0))))
+    np.testing.assert_array_equal(frame["is_outlier"].to_numpy(), g | c)
+    assert {1, 2, 3} <= set(code.tolist())
+    # the table fits the parquet contract once the caller adds object_id
+    frame.insert(0, "object_id", [f"o{i}" for i in range(len(frame))])
+    table = pa.Table.from_pandas(frame, preserve_index=False).select(schemas.OUTLIERS.names).cast(schemas.OUTLIERS)
+    assert table.column("class_score").null_count == 10
+    assert table.column("global_score").null_count == 0
+
+
+def test_class_aware_small_and_empty():
+    X = blobs(n=5, outliers=1)
+    frame = class_aware_outliers(X, ["a", "a", "b", "b", "b"], n_neighbors=20, contamination=0.2, min_samples=3)
+    assert frame["class_score"].isna().tolist() == [True, True, False, False, False]
+    empty = class_aware_outliers(np.zeros((0, 16), np.float32), [], 20, 0.05)
+    assert len(empty) == 0 and list(empty.columns) == OUTLIER_COLUMNS
+    with pytest.raises(ValueError):
+        class_aware_outliers(X, ["a"], 20, 0.05)
+
+
+# ----------------------------------------------------------------------------- t-SNE
+
+
+def test_subsample_keeps_outliers_and_is_deterministic():
+    names = np.array(["car"] * 900 + ["bus"] * 90 + ["cow"] * 10, dtype=object)
+    out = np.zeros(1000, bool)
+    out[::50] = True
+    rows = subsample_indices(names, out, 100, seed=1)
+    assert len(rows) == 100 and out[rows].sum() == out.sum()
+    assert set(names[rows]) == {"car", "bus", "cow"}
+    np.testing.assert_array_equal(rows, subsample_indices(names, out, 100, seed=1))
+    many = subsample_indices(names, np.ones(1000, bool), 30, seed=0)
+    assert len(many) == 30 and set(names[many]) == {"car", "bus", "cow"}
+
+
+@pytest.mark.parametrize("n,classes", [(1, 1), (2, 1), (7, 2), (60, 3)])
+def test_plot_tsne_small_inputs(tmp_path, n, classes):
+    X = blobs(n=max(n, 3), outliers=1)[:n]
+    names = np.array([f"c{i % classes}" for i in range(n)], dtype=object)
+    out = np.zeros(n, bool)
+    out[0] = True
+    png = tmp_path / "t.png"
+    coords = plot_tsne(X, names, out, png, max_points=50, perplexity=30, seed=0, threads=1)
+    assert png.stat().st_size > 0
+    assert len(coords) == min(n, 50)
+    assert coords["is_outlier"].sum() == 1
+    assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
+    assert isinstance(coords, pd.DataFrame)
