@@ -48,7 +48,7 @@ def test_workflow_through_slurm_equals_a_local_run(slurm_cluster, tmp_path, smal
     assert all(finished[j]["JobState"] == "COMPLETED" for j in submitted), finished
 
     for path in sorted((local / "results" / "tables").rglob("*.parquet")):
-        other = remote / "results" / path.relative_to(local)
+        other = remote / path.relative_to(local)
         assert pq.read_table(path).equals(pq.read_table(other)), path
     for name in ("detection_results.json", "statistics.json"):
         a = (local / "results" / name).read_text().replace(str(local / "results"), "<results>")

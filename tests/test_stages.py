@@ -15,7 +15,7 @@ from tests.conftest import CACHE
 
 offline.configure(CACHE / "libs")
 
-from rare_objects import export, models, schemas, selection, timing  # noqa: E402
+from rare_objects import export, images, models, schemas, selection, timing  # noqa: E402
 from rare_objects.detection import DetectSettings, detect_images  # noqa: E402
 from rare_objects.embedding import embed_objects  # noqa: E402
 
@@ -76,12 +76,19 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
     schemas.write_table(table, schemas.DETECTIONS, image_folder / "out.parquet")
 
 
-def test_pixel_path_equals_open_clip_preprocessing(clip):
+def test_crop_batch_matches_open_clip_preprocessing(clip):
     rng = np.random.default_rng(1)
-    crops = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(30, 50), (120, 40), (64, 64)]]
-    reference = clip.encode_images(crops)
-    fast = clip.encode_pixels(torch.from_numpy(np.stack([clip.pixels(c) for c in crops])))
-    np.testing.assert_allclose(fast, reference, atol=1e-6)
+    image = rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)
+    boxes = [(0, 0, 50, 30), (10.5, 20.2, 50.9, 150), (100, 40, 164, 104), (199.5, 159.5, 250, 170)]
+    pil = Image.fromarray(image)
+    reference = torch.stack([clip.preprocess(images.crop(pil, box)) for box in boxes])
+    batch = clip.crop_batch(image, boxes)
+    assert batch.shape == reference.shape
+    # torch's antialiased bicubic is PIL's kernel; rounding differs by at most one 8-bit level
+    level = float((1 / 255) / min(clip._std.flatten()))
+    assert float((batch - reference).abs().max()) <= level + 1e-5
+    fast = clip.encode_batch(batch)
+    np.testing.assert_allclose(fast, clip.encode_images([images.crop(pil, box) for box in boxes]), atol=2e-3)
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
 
 
@@ -100,10 +107,8 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(random_detec
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     image = Image.open(image_folder / "a" / "wide.png").convert("RGB")
     first = detections[~small].iloc[0]
-    from rare_objects import images
-
     expected = clip.encode_images([images.crop(image, (first.x1, first.y1, first.x2, first.y2))])[0]
-    np.testing.assert_allclose(vectors[0], expected, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], expected, atol=2e-3)
 
 
 def test_target_matches_and_selection_reasons():

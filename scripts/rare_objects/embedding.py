@@ -1,7 +1,8 @@
 """open_clip image embeddings of every detected object (the original's CLIPFeatureExtractor).
 
-Each image is decoded once; its crops are cut and preprocessed in loader
-threads while the model encodes the previous batch.
+Each image is decoded once, in loader threads that run ahead of the model;
+its crops are cut, resized and normalised on the model's device
+(:meth:`rare_objects.models.ClipModel.crop_batch`).
 """
 
 from __future__ import annotations
@@ -39,48 +40,57 @@ def embed_objects(
     def load(path):
         image = open_image(path)
         objects = by_image_rows[path]
-        boxes = objects[["x1", "y1", "x2", "y2"]].itertuples(index=False)
-        return torch.from_numpy(np.stack([clip.pixels(images.crop(image, box)) for box in boxes]))
+        boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy()
+        return clip.crop_batch(np.asarray(image), boxes)
 
     by_image_rows = {path: rows for path, rows in by_image}
-    ids: list[str] = []
-    vectors: list[np.ndarray] = []
-    errors: list[str | None] = []
+    # Blocks of consecutive rows in output order: (object ids, (n, dim) float32 or None, error).
+    blocks: list[tuple[list, np.ndarray | None, str | None]] = []
     batch_ids: list[str] = []
     batch_tensors: list = []
-    batch_rows = 0
 
     def flush():
-        nonlocal batch_rows
         if not batch_tensors:
             return
-        encoded = clip.encode_pixels(torch.cat(batch_tensors))
-        ids.extend(batch_ids)
-        vectors.extend(encoded)
-        errors.extend([None] * len(batch_ids))
+        blocks.append((list(batch_ids), clip.encode_batch(torch.cat(batch_tensors)), None))
         progress.update(len(batch_ids))
         batch_ids.clear()
         batch_tensors.clear()
-        batch_rows = 0
 
     for _, path, loaded in images.iter_images_prefetched([p for p, _ in by_image], load, workers=loader_workers):
         rows = by_image_rows[path]
         if isinstance(loaded, Exception):
             log.warning("cannot embed the %d objects of %s", len(rows), loaded)
             flush()  # keep output order = input order
-            ids.extend(rows["object_id"])
-            vectors.extend([None] * len(rows))
-            errors.extend([f"{getattr(loaded, 'reason', type(loaded).__name__)}: {loaded}"] * len(rows))
+            blocks.append((rows["object_id"].tolist(), None, f"{getattr(loaded, 'reason', type(loaded).__name__)}: {loaded}"))
             progress.update(len(rows))
             continue
         batch_ids.extend(rows["object_id"])
         batch_tensors.append(loaded)
-        batch_rows += len(rows)
-        if batch_rows >= batch_size:
+        if len(batch_ids) >= batch_size:
             flush()
     flush()
-    schema = embeddings_schema(clip.dim)
-    embedding = pa.array(
-        [None if v is None else np.asarray(v, dtype=np.float32) for v in vectors], type=schema.field("embedding").type
-    ) if vectors else pa.array([], type=schema.field("embedding").type)
-    return pa.table({"object_id": pa.array(ids, pa.string()), "embedding": embedding, "error": pa.array(errors, pa.string())})
+    return _embedding_table(blocks, clip.dim)
+
+
+def _embedding_table(blocks, dim: int) -> pa.Table:
+    """The embeddings table from :func:`embed_objects`' blocks, built from one flat buffer
+    (a list of per-row arrays would make pyarrow convert every float in Python)."""
+    schema = embeddings_schema(dim)
+    ids = [object_id for block_ids, _, _ in blocks for object_id in block_ids]
+    values = np.zeros((len(ids), dim), dtype=np.float32)
+    valid = np.zeros(len(ids), dtype=bool)
+    errors: list[str | None] = []
+    start = 0
+    for block_ids, vectors, error in blocks:
+        stop = start + len(block_ids)
+        if vectors is not None:
+            values[start:stop] = vectors
+            valid[start:stop] = True
+        errors.extend([error] * len(block_ids))
+        start = stop
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim, mask=pa.array(~valid))
+    return pa.table(
+        {"object_id": pa.array(ids, pa.string()), "embedding": embedding, "error": pa.array(errors, pa.string())},
+        schema=schema,
+    )

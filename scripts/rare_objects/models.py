@@ -6,7 +6,9 @@ Everything loads from local files through each library's own loading code;
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,31 +94,76 @@ class ClipModel:
             features = self.model.encode_image(batch, normalize=True)
         return features.float().cpu().numpy()
 
-    def encode_images_tensor(self, batch) -> np.ndarray:
-        """Like :meth:`encode_images` for an already preprocessed (N, 3, H, W) tensor."""
+    def crop_batch(self, image: np.ndarray, boxes) -> "torch.Tensor":
+        """The model's input for every box of one decoded image: (N, 3, S, S) on its device.
+
+        ``image`` is uint8 (H, W, 3); ``boxes`` are float boxes in its pixels,
+        cut as :func:`rare_objects.images.crop_box` defines them. The image is
+        copied to the model's device once and each crop is resized there with
+        open_clip's own Resize and CenterCrop settings (bicubic with PIL's
+        antialiasing kernel), rounded to 8-bit levels as PIL would, then
+        normalised. On a GPU this keeps the per-crop work off the CPU: done per
+        crop with PIL, preprocessing cost more than a ViT-L/14 forward pass.
+        Preprocessing pipelines other than open_clip's usual ones go through
+        the PIL transforms instead.
+        """
+        import torch
+        from PIL import Image
+        from torchvision.transforms.v2 import functional as TF
+
+        from .images import crop_box
+
+        height, width = image.shape[:2]
+        rects = [crop_box(box, width, height) for box in boxes]
+        if self._tensor_steps is None:
+            pil = Image.fromarray(image)
+            batch = torch.stack([self.preprocess(pil.crop(rect)) for rect in rects])
+            return batch.to(self.device, non_blocking=True)
+        import torch.nn.functional as F
+
+        resize, center = self._tensor_steps
+        crop_h, crop_w = _pair(center.size)
+        on_gpu = str(self.device).startswith("cuda")
+        # On a GPU each loader thread works on its own stream: on the default stream
+        # its copies and small kernels would queue behind (and hold up) the model's.
+        stream = self._loader_stream() if on_gpu else None
+        with torch.inference_mode(), (torch.cuda.stream(stream) if on_gpu else contextlib.nullcontext()):
+            out = torch.empty((len(rects), 3, crop_h, crop_w), dtype=torch.float32, device=self.device)
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+            pixels = pixels.permute(2, 0, 1).float()
+            for i, (left, top, right, bottom) in enumerate(rects):
+                out_h, out_w = _resized_size(resize.size, bottom - top, right - left)
+                crop = F.interpolate(
+                    pixels[None, :, top:bottom, left:right], size=(out_h, out_w), mode=resize.interpolation.value,
+                    align_corners=False, antialias=True,
+                )
+                y0, x0 = (out_h - crop_h) // 2, (out_w - crop_w) // 2
+                if y0 < 0 or x0 < 0:  # smaller than the crop: torchvision pads with zeros
+                    out[i : i + 1] = TF.center_crop(crop, [crop_h, crop_w])
+                else:
+                    out[i] = crop[0, :, y0 : y0 + crop_h, x0 : x0 + crop_w]
+            out.clamp_(0, 255).round_().div_(255)
+            out.sub_(self._mean.to(self.device)).div_(self._std.to(self.device))
+        if on_gpu:
+            # The consumer reads it on the default stream: keep its memory until that is done.
+            out.record_stream(torch.cuda.default_stream(out.device))
+            stream.synchronize()
+        return out
+
+    def _loader_stream(self):
+        import torch
+
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(device=self.device)
+        return stream
+
+    def encode_batch(self, batch) -> np.ndarray:
+        """L2-normalised float32 embeddings of a batch from :meth:`crop_batch`."""
         import torch
 
         with torch.inference_mode():
             features = self.model.encode_image(batch.to(self.device, self.dtype), normalize=True)
-        return features.float().cpu().numpy()
-
-    def pixels(self, image) -> np.ndarray:
-        """open_clip's own resize and crop of a PIL image, as uint8 (H, W, 3).
-
-        The float conversion and normalisation then run batched on the model's
-        device (:meth:`encode_pixels`): done per crop on the CPU they cost more
-        than a GPU forward pass of ViT-L/14.
-        """
-        return np.asarray(self._pixel_stage(image), dtype=np.uint8)
-
-    def encode_pixels(self, pixels) -> np.ndarray:
-        """Embeddings of a uint8 (N, H, W, 3) tensor from :meth:`pixels`; equals :meth:`encode_images`."""
-        import torch
-
-        with torch.inference_mode():
-            batch = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-            batch = (batch - self._mean.to(self.device)) / self._std.to(self.device)
-            features = self.model.encode_image(batch.to(self.dtype), normalize=True)
         return features.float().cpu().numpy()
 
     def __post_init__(self):
@@ -125,12 +172,12 @@ class ClipModel:
 
         steps = list(getattr(self.preprocess, "transforms", []))
         normalize = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
-        pil_steps = [t for t in steps if not isinstance(t, (transforms.ToTensor, transforms.Normalize))]
-        self._pixel_stage = transforms.Compose(pil_steps)
         mean = normalize.mean if normalize else (0.0, 0.0, 0.0)
         std = normalize.std if normalize else (1.0, 1.0, 1.0)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._tensor_steps = _tensor_steps(steps)
+        self._streams = threading.local()  # one CUDA stream per loader thread
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 text embeddings (the text-encoder protocol of concepts)."""
@@ -140,6 +187,47 @@ class ClipModel:
         with torch.inference_mode():
             features = self.model.encode_text(tokens, normalize=True)
         return features.float().cpu().numpy()
+
+
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = list(size)
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def _resized_size(size, height: int, width: int) -> tuple[int, int]:
+    """torchvision Resize's output size for an (height, width) input (no max_size)."""
+    if isinstance(size, int) or len(size) == 1:
+        short = size if isinstance(size, int) else size[0]
+        if width <= height:
+            return int(short * height / width), short
+        return short, int(short * width / height)
+    return size[0], size[1]
+
+
+def _tensor_steps(steps) -> tuple | None:
+    """(Resize, CenterCrop) when ``steps`` are open_clip's usual pipeline
+    (Resize, CenterCrop, RGB conversion, ToTensor, Normalize), else None."""
+    from torchvision import transforms
+
+    resize = center = None
+    for step in steps:
+        if isinstance(step, transforms.Resize) and resize is None and center is None:
+            resize = step
+        elif isinstance(step, transforms.CenterCrop) and resize is not None and center is None:
+            center = step
+        elif isinstance(step, (transforms.ToTensor, transforms.Normalize)):
+            continue
+        elif getattr(step, "__name__", "") == "_convert_to_rgb":
+            continue  # crops are RGB already
+        else:
+            return None
+    if resize is None or center is None or resize.max_size is not None:
+        return None
+    if resize.interpolation.value not in ("bicubic", "bilinear"):
+        return None
+    return resize, center
 
 
 def load_clip(model_name: str, pretrained: str | None, device: str = "auto", precision: str = "auto") -> ClipModel:
