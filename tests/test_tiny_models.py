@@ -47,9 +47,9 @@ def fresh_demo(tmp_path_factory):
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    import open_clip
+    from open_clip.factory import load_state_dict
 
-    return open_clip.load_state_dict(str(path))
+    return load_state_dict(str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ def start_rule(snakemake, cache_dir: str | None = None):
     threads = max(1, int(getattr(snakemake, "threads", 1) or 1))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # MKL's results otherwise depend on the alignment of its buffers, so the same
+    # inputs could give embeddings that differ in the last bits from run to run.
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     try:
         import torch
 

@@ -380,7 +380,9 @@ def build_demo_clip(
     if out_path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp), metadata={"model": DEMO_CLIP_NAME, "seed": str(seed)})
+        # One metadata key: safetensors writes a map's keys in no fixed order, and
+        # equal builds must give equal bytes.
+        save_file(state, str(tmp), metadata={"model": f"{DEMO_CLIP_NAME} seed={seed}"})
     else:
         torch.save(state, tmp)
     umask = os.umask(0)
