@@ -50,7 +50,7 @@ class AnnParams:
 
     cell_size: int = 1000  # mean rows per k-means cell (nlist = n / cell_size)
     nlist: int | None = None  # cells per partition; overrides cell_size
-    nprobe: int = 12  # cells compared with each cell (itself included)
+    nprobe: int = 24  # cells compared with each cell (itself included)
     partitions: int = 1  # independent k-means partitions whose candidates are merged
     candidates: int = 80  # candidates per row and partition, re-ranked exactly
     pca_dims: int | None = 128  # candidate space dimensions; None = the original space
