@@ -28,7 +28,9 @@ def small_images(tmp_path_factory, demo_scene_dir) -> Path:
     return root
 
 
-def test_workflow_through_slurm_equals_a_local_run(slurm_cluster, tmp_path, small_images, demo_models):  # noqa: F811
+def test_workflow_through_slurm_equals_a_local_run(  # noqa: F811
+    slurm_cluster, tmp_path, small_images, demo_models, capsys
+):
     settings = {"captions": {"partitions": 1}, "outliers": {"n_neighbors": 5, "min_samples": 5}}
     local = tmp_path / "local"
     run_snakemake(local, workflow_config(local / "results", small_images, demo_models, **settings))
@@ -44,7 +46,8 @@ def test_workflow_through_slurm_equals_a_local_run(slurm_cluster, tmp_path, smal
 
     log = result.stdout + result.stderr
     submitted = slurm_cluster.job_ids(log)
-    print("Slurm job ids:", submitted)
+    with capsys.disabled():  # the job ids belong in the CI log
+        print(f"\n[slurm] workflow on the test images: Slurm job ids {submitted}")
     assert len(submitted) >= 8  # detect/embed per shard, outliers, select, caption, concepts, export, ...
     assert set(submitted) <= slurm_cluster.allocated_job_ids()
     finished = slurm_cluster.wait_finished(submitted)
