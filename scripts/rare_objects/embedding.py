@@ -38,12 +38,10 @@ def embed_objects(
     progress = Progress(log, "embed objects", len(detections))
 
     def load(path):
-        image = open_image(path)
-        objects = by_image_rows[path]
-        boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy()
-        return clip.crop_batch(np.asarray(image), boxes)
+        return clip.crop_batch(np.asarray(open_image(path)), boxes_by_image[path])
 
     by_image_rows = {path: rows for path, rows in by_image}
+    boxes_by_image = {path: rows[["x1", "y1", "x2", "y2"]].to_numpy() for path, rows in by_image}
     # Blocks of consecutive rows in output order: (object ids, (n, dim) float32 or None, error).
     blocks: list[tuple[list, np.ndarray | None, str | None]] = []
     batch_ids: list[str] = []

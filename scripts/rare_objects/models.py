@@ -143,7 +143,7 @@ class ClipModel:
                 else:
                     out[i] = crop[0, :, y0 : y0 + crop_h, x0 : x0 + crop_w]
             out.clamp_(0, 255).round_().div_(255)
-            out.sub_(self._mean.to(self.device)).div_(self._std.to(self.device))
+            out.sub_(self._mean).div_(self._std)
         if on_gpu:
             # The consumer reads it on the default stream: keep its memory until that is done.
             out.record_stream(torch.cuda.default_stream(out.device))
@@ -174,8 +174,9 @@ class ClipModel:
         normalize = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
         mean = normalize.mean if normalize else (0.0, 0.0, 0.0)
         std = normalize.std if normalize else (1.0, 1.0, 1.0)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        # On the model's device once, not copied there for every image.
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._tensor_steps = _tensor_steps(steps)
         self._streams = threading.local()  # one CUDA stream per loader thread
 
