@@ -3,10 +3,17 @@
 Tree (as the original's detect_improved.py, without the timestamp folder):
     outliers/ inliers/ final_outliers/ targets/<class>/   original images (+ crops, _desc.txt, _probs.png)
     detection_results.json  {target}_results.json  statistics.json  rejected_images.csv
+
+:func:`export_shards` streams: it holds one detection shard at a time plus the
+per-object results indexed by object_id (:func:`read_object_tables`), so its
+memory grows with the number of outliers and selected objects, not with all
+the rows of the export. :func:`assemble` and :func:`export_tree` are the same
+functions on one frame (what a test or a small run calls directly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,42 +52,74 @@ def assemble(
     selection: pd.DataFrame | None = None,
     captions: pd.DataFrame | None = None,
     concepts: pd.DataFrame | None = None,
+    clashing_stems: set[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per detected object with every result field (nulls where a stage did not cover it)."""
-    frame = detections.merge(
-        outliers[["object_id", "global_score", "class_score", "outlier_code", "is_outlier"]], on="object_id", how="left"
-    )
+    """One row per detected object with every result field (nulls where a stage did not cover it).
+
+    The result tables may have ``object_id`` as a column or as their index;
+    indexed ones (:func:`read_object_tables`) are looked up without being
+    hashed again, which is what makes shard-by-shard assembly cheap.
+    """
+    frame = detections.copy()
+    ids = frame["object_id"]
+    _attach(frame, outliers, ids, ["global_score", "class_score", "outlier_code", "is_outlier"])
     frame["outlier_code"] = frame["outlier_code"].fillna(0).astype(int)
     frame["is_outlier"] = frame["is_outlier"].fillna(False).astype(bool)
     frame["target_matches"] = target_matches(frame["class_name"], targets)
     frame["is_yolo_potential"] = frame["target_matches"].map(bool)
     if selection is not None:
-        frame = frame.merge(
-            selection[["object_id", "selected", "reason"]].rename(columns={"reason": "selection_reason"}),
-            on="object_id", how="left",
-        )
+        _attach(frame, selection, ids, ["selected", "reason"], {"reason": "selection_reason"})
     if captions is not None:
-        frame = frame.merge(
-            captions[["object_id", "description", "error"]].rename(columns={"error": "caption_error"}),
-            on="object_id", how="left",
-        )
+        _attach(frame, captions, ids, ["description", "error"], {"error": "caption_error"})
     if concepts is not None:
-        frame = frame.merge(
-            concepts[["object_id", "top_concept", "top_concept_is_common", "is_final_outlier", "concepts", "probabilities"]],
-            on="object_id", how="left",
-        )
+        _attach(frame, concepts, ids, CONCEPT_COLUMNS)
     for column in ("selected", "selection_reason", "description", "caption_error", "top_concept", "is_final_outlier"):
         if column not in frame:
             frame[column] = None
-    frame["crop_name"] = export_names(frame)
+    frame["crop_name"] = export_names(frame, clashing_stems)
     return frame
 
 
-def export_names(frame: pd.DataFrame) -> pd.Series:
-    """Crop file stems as the original's '{image}_{index}_{class}', unique across folders."""
+CONCEPT_COLUMNS = ["top_concept", "top_concept_is_common", "is_final_outlier", "concepts", "probabilities"]
+# The columns of each per-object table that the export reads.
+LOOKUP_COLUMNS = {
+    "outliers": ["global_score", "class_score", "outlier_code", "is_outlier"],
+    "selection": ["selected", "reason"],
+    "captions": ["description", "error"],
+    "concepts": CONCEPT_COLUMNS,
+}
+
+
+def by_object_id(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` indexed by its (unique) object_id."""
+    if table.index.name == "object_id":
+        return table
+    return table.set_index("object_id", verify_integrity=True)
+
+
+def _attach(frame: pd.DataFrame, table: pd.DataFrame, ids: pd.Series, columns: list[str], rename=None) -> None:
+    """Add ``table``'s ``columns`` to ``frame`` by object_id (a left join; absent ids give nulls)."""
+    found = by_object_id(table)[columns].reindex(ids.to_numpy())
+    for column in columns:
+        frame[(rename or {}).get(column, column)] = found[column].to_numpy()
+
+
+def clashing_stems(image_ids, image_paths) -> set[str]:
+    """File stems shared by more than one image (their crops get the image id as a suffix)."""
+    per_image = pd.DataFrame({"stem": [Path(p).stem for p in image_paths], "image_id": list(image_ids)})
+    per_image = per_image.drop_duplicates()
+    return set(per_image["stem"][per_image["stem"].duplicated(keep=False)])
+
+
+def export_names(frame: pd.DataFrame, clashing: set[str] | None = None) -> pd.Series:
+    """Crop file stems as the original's '{image}_{index}_{class}', unique across folders.
+
+    ``clashing`` (from :func:`clashing_stems` over every exported object) is
+    computed from ``frame`` when not given.
+    """
+    if clashing is None:
+        clashing = clashing_stems(frame["image_id"], frame["image_path"])
     stems = frame["image_path"].map(lambda p: Path(p).stem)
-    per_image = pd.DataFrame({"stem": stems, "image_id": frame["image_id"]}).drop_duplicates()
-    clashing = set(per_image["stem"][per_image["stem"].duplicated(keep=False)])
     unique_stem = [s if s not in clashing else f"{s}__{i[:8]}" for s, i in zip(stems, frame["image_id"])]
     return pd.Series(
         [f"{s}_{r}_{c}" for s, r, c in zip(unique_stem, frame["rank"], frame["class_name"])], index=frame.index
@@ -145,53 +184,111 @@ def desc_record(row, crop_path: str | None) -> dict:
     return record
 
 
-def result_records(frame: pd.DataFrame, crop_paths: dict[str, str]):
-    """Yield the JSON objects of detection_results.json, one per object."""
-    for row in frame.to_dict("records"):
-        yield result_record(row, crop_paths.get(row["object_id"]))
+def result_records(frame: pd.DataFrame, crop_paths: dict[str, str], chunk: int = 10_000):
+    """Yield the JSON objects of detection_results.json, one per object
+    (rows are turned into dicts ``chunk`` at a time, not all at once)."""
+    for start in range(0, len(frame), chunk):
+        for row in frame.iloc[start : start + chunk].to_dict("records"):
+            yield result_record(row, crop_paths.get(row["object_id"]))
+
+
+class JsonArrayWriter:
+    """A JSON array file written one record at a time; it appears at ``path``
+    only when closed without error (written to a temporary name until then)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self._tmp, "w", encoding="utf-8")
+        self._handle.write("[")
+        self.count = 0
+
+    def write(self, record: dict) -> None:
+        self._handle.write(",\n  " if self.count else "\n  ")
+        self._handle.write(json.dumps(record, ensure_ascii=False))
+        self.count += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._handle.write("\n]\n" if self.count else "]\n")
+            self._handle.close()
+            os.replace(self._tmp, self.path)
+        else:
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
+        return False
 
 
 def write_json_array(records, path: str | os.PathLike) -> int:
     """Stream records into a JSON array file without holding them all; returns the count."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("[")
+    with JsonArrayWriter(path) as writer:
         for record in records:
-            handle.write(",\n  " if count else "\n  ")
-            handle.write(json.dumps(record, ensure_ascii=False))
-            count += 1
-        handle.write("\n]\n" if count else "]\n")
-    os.replace(tmp, path)
-    return count
+            writer.write(record)
+    return writer.count
+
+
+class ObjectCounts:
+    """The per-object figures of statistics.json, added up one frame at a time."""
+
+    def __init__(self):
+        self.total = self.captioned = self.outliers = self.final_outliers = 0
+        self.targets: Counter = Counter()
+        self.classes: Counter = Counter()
+        self.codes: Counter = Counter()
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.total += len(frame)
+        if "description" in frame:
+            self.captioned += int(frame["description"].notna().sum())
+        self.outliers += int(frame["is_outlier"].sum())
+        self.final_outliers += int(frame["is_final_outlier"].map(_is_true).sum())
+        self.targets.update(t for ts in frame["target_matches"] for t in ts)
+        self.classes.update(frame["class_name"].value_counts().to_dict())
+        self.codes.update(frame["outlier_code"].value_counts().to_dict())
+
+    def statistics(self, total_images: int, images_with_objects: int, rejects: pd.DataFrame, targets: dict) -> dict:
+        """statistics.json: the original's fields first, then image accounting."""
+        return {
+            "total_objects": self.total,
+            "processed_objects": self.captioned,
+            "outlier_count": self.outliers,
+            "final_outlier_count": self.final_outliers,
+            "target_counts": {t: int(self.targets.get(t, 0)) for t in targets},
+            "class_distribution": {k: int(v) for k, v in sorted(self.classes.items())},
+            "outlier_code_counts": {str(k): int(v) for k, v in sorted(self.codes.items())},
+            "total_images": int(total_images),
+            "images_with_objects": int(images_with_objects),
+            "rejected_images": int(len(rejects)),
+            "rejected_by_reason": {
+                k: int(v) for k, v in rejects["reason"].map(lambda r: r.split(":")[0]).value_counts().sort_index().items()
+            },
+        }
 
 
 def statistics(frame: pd.DataFrame, image_table: pd.DataFrame, rejects: pd.DataFrame, targets: dict) -> dict:
-    """statistics.json: the original's fields first, then image accounting."""
-    matches = Counter(t for ts in frame["target_matches"] for t in ts)
-    captioned = frame["description"].notna() if "description" in frame else pd.Series(False, index=frame.index)
-    final = frame["is_final_outlier"].map(_is_true)
-    return {
-        "total_objects": int(len(frame)),
-        "processed_objects": int(captioned.sum()),
-        "outlier_count": int(frame["is_outlier"].sum()),
-        "final_outlier_count": int(final.sum()),
-        "target_counts": {t: int(matches.get(t, 0)) for t in targets},
-        "class_distribution": {k: int(v) for k, v in frame["class_name"].value_counts().sort_index().items()},
-        "outlier_code_counts": {str(k): int(v) for k, v in frame["outlier_code"].value_counts().sort_index().items()},
-        "total_images": int(len(image_table)),
-        "images_with_objects": int((image_table["n_objects"] > 0).sum()),
-        "rejected_images": int(len(rejects)),
-        "rejected_by_reason": {
-            k: int(v) for k, v in rejects["reason"].map(lambda r: r.split(":")[0]).value_counts().sort_index().items()
-        },
-    }
+    """statistics.json of one assembled frame (see :class:`ObjectCounts`)."""
+    counts = ObjectCounts()
+    counts.add(frame)
+    return counts.statistics(len(image_table), int((image_table["n_objects"] > 0).sum()), rejects, targets)
+
+
+def image_counts(image_table_paths) -> tuple[int, int]:
+    """(images, images with objects) over the per-shard image tables, read one column at a time."""
+    total = with_objects = 0
+    for path in image_table_paths:
+        n_objects = pd.read_parquet(path, columns=["n_objects"])["n_objects"]
+        total += len(n_objects)
+        with_objects += int((n_objects > 0).sum())
+    return total, with_objects
 
 
 def place_file(source: str | os.PathLike, target: Path, mode: str = "copy") -> None:
     """Put ``source`` at ``target`` by copy, hard link or symbolic link (once)."""
-    if target.exists():
+    if target.exists() or target.is_symlink():  # a link whose image has gone is still placed
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "hardlink":
@@ -219,12 +316,16 @@ def per_object_file_switches(export: dict, max_images: int | None) -> dict:
     }
 
 
+def inlier_ordinals(n_inliers: int, max_inliers: int, seed: int) -> np.ndarray:
+    """Which inliers (0 = the first in export order) get exported, in order: all, or a seeded sample."""
+    if n_inliers <= max_inliers:
+        return np.arange(n_inliers)
+    return np.sort(np.random.default_rng(seed).choice(n_inliers, size=max_inliers, replace=False))
+
+
 def choose_inliers(frame: pd.DataFrame, max_inliers: int, seed: int) -> pd.Index:
     inliers = frame.index[~frame["is_outlier"].to_numpy()]
-    if len(inliers) <= max_inliers:
-        return inliers
-    picked = np.sort(np.random.default_rng(seed).choice(len(inliers), size=max_inliers, replace=False))
-    return inliers[picked]
+    return inliers[inlier_ordinals(len(inliers), max_inliers, seed)]
 
 
 def export_tree(
@@ -238,12 +339,15 @@ def export_tree(
     write_desc=None,
     write_plot=None,
     open_image=None,
+    inlier_rows: set | None = None,
 ) -> dict[str, str]:
     """Write outliers/, inliers/, final_outliers/, targets/<class>/ (and cropped_objects/).
 
     Returns object_id -> crop file path for the objects whose crop was saved.
     ``write_desc(row, path)`` and ``write_plot(row, path)`` write the per-object
-    description and probability plot of captioned objects.
+    description and probability plot of captioned objects. ``inlier_rows``
+    (index labels) are the inliers to export; by default a seeded sample of
+    ``max_inliers`` of the frame's.
     """
     from . import images
 
@@ -255,7 +359,8 @@ def export_tree(
     for target in targets:
         (folders["targets"] / target).mkdir(exist_ok=True)
 
-    inlier_rows = set(choose_inliers(frame, max_inliers, seed))
+    if inlier_rows is None:
+        inlier_rows = set(choose_inliers(frame, max_inliers, seed))
     final = frame["is_final_outlier"].map(_is_true) if "is_final_outlier" in frame else False
     exported = frame["is_outlier"] | frame.index.isin(inlier_rows) | final | frame["target_matches"].map(bool)
     placements: dict[int, list[Path]] = {}  # row index -> folders that get its crop and files
@@ -304,3 +409,84 @@ def export_tree(
                 if captioned and switches.get("save_probability_plots") and write_plot:
                     write_plot(row, home / f"{name}_probs.png")
     return crop_paths
+
+
+def read_object_tables(outliers, selection=None, captions=(), concepts=None) -> dict[str, pd.DataFrame]:
+    """The per-object results that :func:`export_shards` looks up, indexed by
+    object_id, with only the columns the export reads."""
+    def read(paths, name):
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        columns = ["object_id", *LOOKUP_COLUMNS[name]]
+        return by_object_id(pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True))
+
+    tables = {"outliers": read(outliers, "outliers")}
+    for name, paths in (("selection", selection), ("captions", captions), ("concepts", concepts)):
+        if paths is not None and (isinstance(paths, (str, os.PathLike)) or len(paths)):
+            tables[name] = read(paths, name)
+    return tables
+
+
+def export_shards(
+    detection_paths,
+    tables: dict[str, pd.DataFrame],
+    targets: dict,
+    out_dir: str | os.PathLike,
+    results_path: str | os.PathLike,
+    target_results_paths,
+    switches: dict,
+    max_inliers: int = 200,
+    seed: int = 0,
+    **tree_options,
+) -> ObjectCounts:
+    """The whole export, one detection shard at a time, with the same outputs as
+    :func:`assemble` + :func:`export_tree` + :func:`result_records` on all rows at once.
+
+    A first pass over the shards' id and path columns finds what depends on
+    every object (which inliers the seeded sample takes, which file stems
+    clash); the second assembles, exports and writes each shard's rows.
+    ``tree_options`` go to :func:`export_tree`. Returns the counts for
+    statistics.json.
+    """
+    from .logs import Progress
+
+    detection_paths = list(detection_paths)
+    is_outlier = tables["outliers"]["is_outlier"]
+    n_inliers, image_paths = 0, {}
+    for path in detection_paths:
+        part = pd.read_parquet(path, columns=["object_id", "image_id", "image_path"])
+        flags = is_outlier.reindex(part["object_id"].to_numpy()).fillna(False).astype(bool).to_numpy()
+        n_inliers += int((~flags).sum())
+        image_paths.update(zip(part["image_id"], part["image_path"]))
+    clashing = clashing_stems(image_paths.keys(), image_paths.values())
+    del image_paths
+    chosen = inlier_ordinals(n_inliers, max_inliers, seed)
+
+    counts = ObjectCounts()
+    progress = Progress(log, "export shards", len(detection_paths))
+    offset = inliers_before = 0
+    with contextlib.ExitStack() as stack:
+        results = stack.enter_context(JsonArrayWriter(results_path))
+        per_target = {t: stack.enter_context(JsonArrayWriter(p)) for t, p in zip(targets, target_results_paths)}
+        for path in detection_paths:
+            detections = pd.read_parquet(path)
+            detections.index = pd.RangeIndex(offset, offset + len(detections))
+            frame = assemble(
+                detections, tables["outliers"], targets, tables.get("selection"), tables.get("captions"),
+                tables.get("concepts"), clashing_stems=clashing,
+            )
+            inliers = frame.index[~frame["is_outlier"].to_numpy()]
+            ordinals = np.arange(inliers_before, inliers_before + len(inliers))
+            picked = set(inliers[np.isin(ordinals, chosen)])
+            inliers_before += len(inliers)
+            crop_paths = export_tree(
+                frame, out_dir, targets, switches, max_inliers=max_inliers, seed=seed, inlier_rows=picked,
+                **tree_options,
+            )
+            for record in result_records(frame, crop_paths):
+                results.write(record)
+                for target in record["target_matches"]:
+                    per_target[target].write(record)
+            counts.add(frame)
+            offset += len(frame)
+            progress.update()
+    return counts
