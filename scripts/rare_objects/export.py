@@ -5,9 +5,8 @@ Tree (as the original's detect_improved.py, without the timestamp folder):
     detection_results.json  {target}_results.json  statistics.json  rejected_images.csv
 
 :func:`export_shards` streams: it holds one detection shard at a time plus the
-per-object results indexed by object_id (:func:`read_object_tables`), so its
-memory grows with the number of outliers and selected objects, not with all
-the rows of the export. :func:`assemble` and :func:`export_tree` are the same
+few per-object result columns it looks up by object_id
+(:func:`read_object_tables`), not every assembled row of the export. :func:`assemble` and :func:`export_tree` are the same
 functions on one frame (what a test or a small run calls directly).
 """
 
