@@ -61,17 +61,17 @@ def assemble(
     """
     frame = detections.copy()
     ids = frame["object_id"]
-    _attach(frame, outliers, ids, ["global_score", "class_score", "outlier_code", "is_outlier"])
+    _attach(frame, outliers, ids, LOOKUP_COLUMNS["outliers"])
     frame["outlier_code"] = frame["outlier_code"].fillna(0).astype(int)
     frame["is_outlier"] = frame["is_outlier"].fillna(False).astype(bool)
     frame["target_matches"] = target_matches(frame["class_name"], targets)
     frame["is_yolo_potential"] = frame["target_matches"].map(bool)
     if selection is not None:
-        _attach(frame, selection, ids, ["selected", "reason"], {"reason": "selection_reason"})
+        _attach(frame, selection, ids, LOOKUP_COLUMNS["selection"], {"reason": "selection_reason"})
     if captions is not None:
-        _attach(frame, captions, ids, ["description", "error"], {"error": "caption_error"})
+        _attach(frame, captions, ids, LOOKUP_COLUMNS["captions"], {"error": "caption_error"})
     if concepts is not None:
-        _attach(frame, concepts, ids, CONCEPT_COLUMNS)
+        _attach(frame, concepts, ids, LOOKUP_COLUMNS["concepts"])
     for column in ("selected", "selection_reason", "description", "caption_error", "top_concept", "is_final_outlier"):
         if column not in frame:
             frame[column] = None
@@ -79,13 +79,12 @@ def assemble(
     return frame
 
 
-CONCEPT_COLUMNS = ["top_concept", "top_concept_is_common", "is_final_outlier", "concepts", "probabilities"]
 # The columns of each per-object table that the export reads.
 LOOKUP_COLUMNS = {
     "outliers": ["global_score", "class_score", "outlier_code", "is_outlier"],
     "selection": ["selected", "reason"],
     "captions": ["description", "error"],
-    "concepts": CONCEPT_COLUMNS,
+    "concepts": ["top_concept", "top_concept_is_common", "is_final_outlier", "concepts", "probabilities"],
 }
 
 

@@ -140,7 +140,7 @@ def _pca_space(X: np.ndarray, params: AnnParams) -> np.ndarray:
 
 
 def _partition(Z: np.ndarray, nlist: int, seed: int, params: AnnParams) -> tuple[np.ndarray, np.ndarray]:
-    """k-means cells of the rows of Z (residual column ignored): (centroids, assignment)."""
+    """k-means cells of the rows of Z: (centroids, assignment)."""
     import faiss
 
     n, d = Z.shape
