@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def _stratified(rows: np.ndarray, labels: np.ndarray, budget: int, rng: np.rando
     return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
 
 
+def _thread_limit(threads: int | None):
+    try:  # scikit-learn's own dependency; optional here
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads)
+
+
 EXACT_BELOW = 300  # points: below, the exact t-SNE gradient is cheaper than Barnes-Hut's
 
 
@@ -91,7 +100,6 @@ def tsne_coordinates(
         return np.array([[-1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     Z = X
     n_comp = min(pca_dims, n, X.shape[1])
@@ -106,7 +114,7 @@ def tsne_coordinates(
         learning_rate="auto",
         method="exact" if n < EXACT_BELOW else "barnes_hut",
     )
-    with threadpool_limits(limits=threads):
+    with _thread_limit(threads):
         return tsne.fit_transform(np.asarray(Z, dtype=np.float32)).astype(np.float32)
 
 
