@@ -9,9 +9,10 @@ request succeeds with ``"object {width}x{height}"``. Faults:
     "timeout"                      sleep ``hang_s`` before answering (longer than the client's time-out)
     "malformed"                    200 with a body that is not JSON
     "no_choices"                   200 with JSON lacking "choices"
+    "bad_json"                     200, Content-Type application/json, with a body that is not JSON
 
-Everything is recorded in ``requests`` (width, fault, authorization header)
-and ``max_in_flight``. Use as a context manager; the server also stops itself
+Everything is recorded in ``requests`` (width, fault, authorization header,
+the client's address and port, i.e. which connection carried it) and ``max_in_flight``. Use as a context manager; the server also stops itself
 after ``lifetime_s`` in case a test forgets.
 """
 
@@ -127,7 +128,8 @@ class FakeOpenAIServer:
                 queue = self.faults.get(width, [])
                 fault = queue.pop(0) if queue else None
                 self.requests.append({"width": width, "fault": fault, "authorization": auth,
-                                      "model": payload.get("model"), "path": handler.path})
+                                      "model": payload.get("model"), "path": handler.path,
+                                      "connection": handler.client_address})
             time.sleep(self.work_s)
             if fault == "timeout":
                 # The client gives up on this request (and may retry) while this handler still
@@ -145,6 +147,8 @@ class FakeOpenAIServer:
                 self._send(handler, 401, json.dumps({"error": {"message": message}}).encode())
             elif fault == "malformed":
                 self._send(handler, 200, b'{"choices": [ this is not json', "text/plain")
+            elif fault == "bad_json":
+                self._send(handler, 200, b'{"choices": [{"message": ')
             elif fault == "no_choices":
                 self._send(handler, 200, json.dumps({"object": "chat.completion"}).encode())
             else:

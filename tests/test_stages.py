@@ -76,20 +76,56 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
     schemas.write_table(table, schemas.DETECTIONS, image_folder / "out.parquet")
 
 
-def test_crop_batch_matches_open_clip_preprocessing(clip):
+def test_crop_batch_agrees_with_open_clip_preprocessing(clip):
+    assert clip._tensor_steps is not None  # open_clip's pipeline is recognised: the batched path runs
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)
-    boxes = [(0, 0, 50, 30), (10.5, 20.2, 50.9, 150), (100, 40, 164, 104), (199.5, 159.5, 250, 170)]
+    boxes = [(0, 0, 50, 30), (10.5, 20.2, 50.9, 150), (100, 40, 164, 104), (199.5, 159.5, 250, 170),
+             (5, 5, 200, 160), (30, 60, 33, 61)]
     pil = Image.fromarray(image)
     reference = torch.stack([clip.preprocess(images.crop(pil, box)) for box in boxes])
     batch = clip.crop_batch(image, boxes)
     assert batch.shape == reference.shape
-    # torch's antialiased bicubic is PIL's kernel; rounding differs by at most one 8-bit level
-    level = float((1 / 255) / min(clip._std.flatten()))
-    assert float((batch - reference).abs().max()) <= level + 1e-5
+    # roi_align's bilinear/box filter instead of PIL's bicubic: on noise, the hardest case, the inputs
+    # differ by about 10 8-bit levels on average (unrelated crops by ~85); a crop of the model's own
+    # size is copied as is; the edge pixels of a tiny crop blend with its neighbours outside the box
+    levels = ((batch - reference).abs() * clip._std * 255).mean(dim=(1, 2, 3))
+    assert float(levels[2]) < 1e-3
+    assert float(levels.max()) < 30, levels
     fast = clip.encode_batch(batch)
-    np.testing.assert_allclose(fast, clip.encode_images([images.crop(pil, box) for box in boxes]), atol=2e-3)
+    slow = clip.encode_images([images.crop(pil, box) for box in boxes])
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    cosine = (fast * slow).sum(axis=1)
+    assert cosine.min() > 0.98, cosine
+
+
+def test_crop_batch_device_ops_do_not_grow_with_the_crops(clip):
+    from torch.profiler import ProfilerActivity, profile
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    counts = {}
+    for n in (8, 64):
+        corner = rng.uniform(0, [380, 280], size=(n, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(2, 150, size=(n, 2))], axis=1)
+        clip.crop_batch(image, boxes)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            batch = clip.crop_batch(image, boxes)
+        assert batch.shape[0] == n
+        counts[n] = sum(1 for event in prof.events() if event.name.startswith(("aten::", "torchvision::")))
+    assert counts[8] == counts[64] > 0, counts
+
+
+def test_crop_boxes_equal_crop_box_row_by_row():
+    rng = np.random.default_rng(3)
+    boxes = np.concatenate([rng.uniform(-20, 120, size=(500, 4)),
+                            [[640 / 0.8, 1.0 - 1e-9, 3.0, 2.0 + 1e-7], [5, 5, 5, 5], [200, 200, 300, 300]]])
+    expected = [images.crop_box(box, 100, 80) for box in boxes]
+    assert images.crop_boxes(boxes, 100, 80).tolist() == [list(b) for b in expected]
+    with pytest.raises(ValueError):
+        images.crop_boxes([[0, 0, np.nan, 1]], 10, 10)
+    with pytest.raises(ValueError):
+        images.crop_boxes([[0, 0, 1, 1]], 0, 10)
 
 
 def test_embeddings_cover_every_object_and_record_unreadable_images(random_detector, clip, image_folder):
@@ -108,7 +144,7 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(random_detec
     image = Image.open(image_folder / "a" / "wide.png").convert("RGB")
     first = detections[~small].iloc[0]
     expected = clip.encode_images([images.crop(image, (first.x1, first.y1, first.x2, first.y2))])[0]
-    np.testing.assert_allclose(vectors[0], expected, atol=2e-3)
+    assert float(vectors[0] @ expected) > 0.98
 
 
 def test_target_matches_and_selection_reasons():

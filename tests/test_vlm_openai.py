@@ -114,6 +114,33 @@ def test_connection_refused_is_retried_then_recorded(api_key):
     assert captioner.caption([]) == []
 
 
+def test_requests_fill_the_concurrency_and_reuse_their_connections(api_key):
+    images = [crop(50 + i % 10, 20 + i // 10) for i in range(40)]
+    with FakeOpenAIServer(faults={52: ["bad_json"]}, work_s=0.05) as server:
+        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, concurrency=8, backoff_s=0.01)
+        first = captioner.caption(images)
+        second = captioner.caption(images[:16])
+        captioner.close()
+        assert first == [f"object {im.width}x{im.height}" for im in images]  # a JSON body that is not JSON: retried
+        assert second == first[:16]
+        assert server.max_in_flight == 8
+        # 57 requests over at most 8 connections, kept open from one call to the next
+        connections = {r["connection"] for r in server.requests}
+        assert len(server.requests) == 57
+        assert len(connections) <= 8
+        # after close() a new call opens new connections
+        assert captioner.caption(images[:2]) == first[:2]
+        assert not {r["connection"] for r in server.requests[-2:]} & connections
+
+
+def test_default_concurrency_keeps_a_batching_server_busy():
+    from rare_objects import config
+
+    default = config.defaults()["captions"]["openai"]["concurrency"]
+    assert default >= 32
+    assert make_captioner("openai", {"openai": {}}).concurrency == default
+
+
 def test_make_captioner_openai_from_workflow_settings(api_key):
     settings = {
         "prompt": "What is this?",

@@ -304,6 +304,27 @@ def _span(lo: float, hi: float, size: int) -> tuple[int, int]:
     return start, end
 
 
+def crop_boxes(boxes, width: int, height: int) -> np.ndarray:
+    """:func:`crop_box` of every row of ``boxes`` (N, 4) at once: an (N, 4) int64 array.
+
+    The same rectangles as :func:`crop_box` row by row (and the same errors),
+    computed with array operations so that its cost per box is tiny.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise ValueError(f"box has non-finite coordinates: {b[~np.isfinite(b).all(axis=1)][0].tolist()}")
+    width, height = int(width), int(height)
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be at least 1x1, got {width}x{height}")
+    out = np.empty((len(b), 4), dtype=np.int64)
+    for lo, hi, size, (i, j) in ((b[:, [0, 2]].min(1), b[:, [0, 2]].max(1), width, (0, 2)),
+                                 (b[:, [1, 3]].min(1), b[:, [1, 3]].max(1), height, (1, 3))):
+        start = np.clip(np.floor(lo + _SNAP), 0, size - 1)
+        end = np.maximum(np.minimum(np.ceil(hi - _SNAP), size), start + 1)
+        out[:, i], out[:, j] = start, end
+    return out
+
+
 def crop(image: Image.Image, bbox) -> Image.Image:
     """The pixels of ``bbox`` (float, original pixels) cut as :func:`crop_box` defines them."""
     return image.crop(crop_box(bbox, *image.size))
