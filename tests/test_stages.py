@@ -76,6 +76,42 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
     schemas.write_table(table, schemas.DETECTIONS, image_folder / "out.parquet")
 
 
+def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
+    from rare_objects.detection import BatchedDetector
+
+    rng = np.random.default_rng(4)
+    shapes = [(200, 300)] * 3 + [(300, 200)] * 2 + [(120, 500)]
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    manifest = _manifest(tmp_path)
+    settings = DetectSettings(max_side=400, imgsz=160, conf=1e-9, max_det=30, max_objects=30, batch_size=8)
+    detector = BatchedDetector.for_model(random_detector, settings)
+    assert detector is not None
+    decoded = [images.resize_longest(images.open_rgb(p), settings.max_side)[0] for p in manifest["image_path"]]
+    found = detector.detect([detector.letterbox(im) for im in decoded])
+    # the predictor on each group of same-shaped images (it pads mixed shapes to a square instead)
+    by_shape = {}
+    for i, im in enumerate(decoded):
+        by_shape.setdefault(im.size, []).append(i)
+    assert len(by_shape) == 3
+    n_boxes = 0
+    for members in by_shape.values():
+        results = random_detector.predict([decoded[i] for i in members], imgsz=settings.imgsz, conf=settings.conf,
+                                          iou=settings.iou, max_det=settings.max_det, device="cpu", verbose=False)
+        for i, result in zip(members, results):
+            expected = result.boxes.data
+            assert found[i].shape == expected.shape
+            torch.testing.assert_close(found[i][:, :4], expected[:, :4], atol=1e-3, rtol=1e-5)
+            torch.testing.assert_close(found[i][:, 4], expected[:, 4], atol=1e-6, rtol=1e-5)
+            assert torch.equal(found[i][:, 5], expected[:, 5])
+            n_boxes += len(expected)
+    assert n_boxes > 20
+    # ... and the stage's rows are those boxes, mapped back to original pixels
+    detections, _, _ = detect_images(manifest, random_detector, settings)
+    first = detections[detections["image_path"] == manifest["image_path"].iloc[0]]
+    assert len(first) == len(found[0])
+
+
 def test_crop_batch_agrees_with_open_clip_preprocessing(clip):
     assert clip._tensor_steps is not None  # open_clip's pipeline is recognised: the batched path runs
     rng = np.random.default_rng(1)

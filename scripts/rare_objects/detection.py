@@ -41,11 +41,13 @@ def top_objects(scores: np.ndarray, max_objects: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:max_objects]
 
 
-def _object_rows(record, result, image_size, scale, names, max_objects) -> list[dict]:
+def _object_rows(record, found, image_size, scale, names, max_objects) -> list[dict]:
+    """Rows of one image's detections; ``found`` is (N, 6) xyxy, score, class in resized pixels."""
     width, height = image_size
-    boxes = result.boxes.xyxy.cpu().numpy().astype(np.float64) / scale
-    scores = result.boxes.conf.cpu().numpy()
-    classes = result.boxes.cls.cpu().numpy().astype(int)
+    found = found.cpu().numpy() if hasattr(found, "cpu") else np.asarray(found)
+    boxes = found[:, :4].astype(np.float64) / scale
+    scores = found[:, 4]
+    classes = found[:, 5].astype(int)
     rows = []
     for rank, i in enumerate(top_objects(scores, max_objects)):
         x1, y1, x2, y2 = np.clip(boxes[i], 0, [width, height, width, height])
@@ -72,6 +74,84 @@ def _object_rows(record, result, image_size, scale, names, max_objects) -> list[
     return rows
 
 
+class _Letterboxed:
+    """One image letterboxed for the detector: ``pixels`` (h, w, 3) uint8 RGB and the resized image's shape."""
+
+    __slots__ = ("pixels", "source_shape")
+
+    def __init__(self, pixels: np.ndarray, source_shape: tuple[int, int]):
+        self.pixels, self.source_shape = pixels, source_shape
+
+
+class BatchedDetector:
+    """A PyTorch YOLO detector run on whole batches, with ultralytics' own parts.
+
+    Equal to ``model.predict`` on the same batch (the same boxes, classes and
+    scores), without its per-image work in the calling thread: each image is
+    letterboxed by ultralytics' ``LetterBox`` in the loader threads (with the
+    minimal padding that ``predict`` uses for a batch of one shape), the batch
+    goes to the device as one uint8 tensor, through the predictor's model and
+    ultralytics' ``non_max_suppression``, and boxes are mapped back with its
+    ``scale_boxes``; no ``Results`` objects. A batch with images of different
+    shapes runs as one sub-batch per letterboxed shape (``predict`` would pad
+    them all to a square instead).
+    """
+
+    def __init__(self, model, settings: DetectSettings):
+        from ultralytics.data.augment import LetterBox
+
+        self.settings = settings
+        # The predictor (ultralytics' AutoBackend: device, fusing, half precision) is set
+        # up by one predict call.
+        model.predict(np.zeros((32, 32, 3), dtype=np.uint8), imgsz=settings.imgsz, conf=settings.conf,
+                      iou=settings.iou, max_det=settings.max_det, device=settings.device, half=settings.half,
+                      verbose=False)
+        self.backend = model.predictor.model
+        self.device = model.predictor.device
+        self.imgsz = model.predictor.imgsz
+        self._letterbox = LetterBox(self.imgsz, auto=True, stride=self.backend.stride)
+
+    @classmethod
+    def for_model(cls, model, settings: DetectSettings) -> "BatchedDetector | None":
+        """The batched path for a PyTorch detection model; None (use ``predict``) for exported formats."""
+        if getattr(model, "task", None) != "detect" or not hasattr(model, "predictor"):
+            return None
+        try:
+            detector = cls(model, settings)
+        except Exception as exc:  # noqa: BLE001 - whatever this version of ultralytics lacks
+            log.info("batched detection unavailable (%s): using predict", exc)
+            return None
+        if detector.backend.format != "pt" or getattr(detector.backend, "end2end", False):
+            return None
+        return detector
+
+    def letterbox(self, image) -> _Letterboxed:
+        pixels = np.asarray(image)
+        return _Letterboxed(self._letterbox(image=pixels), pixels.shape[:2])
+
+    def detect(self, batch: list[_Letterboxed]) -> list:
+        """(N, 6) tensors (xyxy in the resized image's pixels, score, class) per image, in order."""
+        import torch
+        from ultralytics.utils import nms, ops
+
+        found: list = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(item.pixels.shape, []).append(i)
+        with torch.inference_mode():
+            for members in groups.values():
+                pixels = torch.from_numpy(np.stack([batch[i].pixels for i in members])).to(self.device)
+                x = pixels.permute(0, 3, 1, 2).contiguous()
+                x = (x.half() if self.backend.fp16 else x.float()).div_(255)
+                preds = self.backend(x)
+                kept = nms.non_max_suppression(preds, self.settings.conf, self.settings.iou, None, False,
+                                               max_det=self.settings.max_det, nc=0)
+                for i, det in zip(members, kept):
+                    det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], batch[i].source_shape)
+                    found[i] = det
+        return found
+
+
 def detect_images(
     manifest: pd.DataFrame,
     model,
@@ -88,10 +168,13 @@ def detect_images(
     records = list(manifest.itertuples(index=False))
     progress = Progress(log, "detect images", len(records))
     detections, image_rows, rejects = [], [], []
+    batched = BatchedDetector.for_model(model, settings)
 
     def load(path):
         image = open_image(path)
         resized, scale = images.resize_longest(image, settings.max_side)
+        if batched is not None:  # letterboxed here, in the loader threads
+            return image.size, batched.letterbox(resized), scale
         return image.size, resized, scale
 
     pending: list[tuple] = []
@@ -99,18 +182,21 @@ def detect_images(
     def flush():
         if not pending:
             return
-        results = model.predict(
-            [item[2] for item in pending],
-            imgsz=settings.imgsz,
-            conf=settings.conf,
-            iou=settings.iou,
-            max_det=settings.max_det,
-            device=settings.device,
-            half=settings.half,
-            verbose=False,
-        )
-        for (record, size, _, scale), result in zip(pending, results):
-            rows = _object_rows(record, result, size, scale, names, settings.max_objects)
+        if batched is not None:
+            found = batched.detect([item[2] for item in pending])
+        else:
+            found = [result.boxes.data for result in model.predict(
+                [item[2] for item in pending],
+                imgsz=settings.imgsz,
+                conf=settings.conf,
+                iou=settings.iou,
+                max_det=settings.max_det,
+                device=settings.device,
+                half=settings.half,
+                verbose=False,
+            )]
+        for (record, size, _, scale), boxes in zip(pending, found):
+            rows = _object_rows(record, boxes, size, scale, names, settings.max_objects)
             detections.extend(rows)
             image_rows.append(_image_row(record, size, len(rows), "ok"))
         progress.update(len(pending))

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -384,6 +385,7 @@ class OpenAICaptioner:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._runner: _LoopThread | None = None
         self._start_lock = threading.Lock()
+        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="caption-encode")
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICaptioner(url={self.url!r}, model={self.model_name!r}, api_key_env={self.api_key_env!r})"
@@ -479,9 +481,13 @@ class OpenAICaptioner:
             await waited
 
     async def _caption_one(self, session, index: int, image, slots) -> str | Exception:
+        import asyncio
+
         async with slots:  # the crop is encoded only when its request can go
             try:
-                body = self._body(image)
+                # In a worker thread (PIL's JPEG encoder releases the GIL): the event loop's
+                # own thread is what limits the requests per second.
+                body = await asyncio.get_running_loop().run_in_executor(self._encoders, self._body, image)
             except Exception as exc:  # noqa: BLE001
                 return CaptionError(self._redact(f"could not encode the crop: {_short(exc)}"))
             attempts = self.max_retries + 1
