@@ -480,46 +480,53 @@ class OpenAICaptioner:
         if asyncio.iscoroutine(waited):
             await waited
 
-    async def _caption_one(self, session, index: int, image, slots) -> str | Exception:
+    async def _caption_one(self, session, index: int, image, ahead, slots) -> str | Exception:
         import asyncio
 
-        async with slots:  # the crop is encoded only when its request can go
+        # Up to ``concurrency`` crops are encoded ahead of their request, in worker threads
+        # (PIL's JPEG encoder releases the GIL): when a request comes back, the next one
+        # goes out at once, and the event loop's thread, which limits the requests per
+        # second, only sends and receives.
+        async with ahead:
             try:
-                # In a worker thread (PIL's JPEG encoder releases the GIL): the event loop's
-                # own thread is what limits the requests per second.
                 body = await asyncio.get_running_loop().run_in_executor(self._encoders, self._body, image)
             except Exception as exc:  # noqa: BLE001
                 return CaptionError(self._redact(f"could not encode the crop: {_short(exc)}"))
-            attempts = self.max_retries + 1
-            for attempt in range(attempts):
-                try:
-                    return await self._attempt(session, body)
-                except _Retryable as exc:
-                    message = self._redact(str(exc))
-                    if attempt + 1 >= attempts:
-                        log.warning("item %d: giving up after %d attempts: %s", index, attempts, message)
-                        return CaptionError(f"failed after {attempts} attempts: {message}")
-                    delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
-                    if exc.retry_after is not None:
-                        delay = min(self.max_backoff_s, max(delay, exc.retry_after))
-                    log.warning("item %d: attempt %d/%d failed (%s); retrying in %.2f s",
-                                index, attempt + 1, attempts, message, delay)
-                    await self._backoff(delay)
-                except CaptionError as exc:
-                    message = self._redact(str(exc))
-                    log.warning("item %d: %s", index, message)
-                    return CaptionError(message)
-                except Exception as exc:  # noqa: BLE001
-                    message = self._redact(_short(exc))
-                    log.warning("item %d: unexpected error: %s", index, message)
-                    return CaptionError(message)
-            raise AssertionError("unreachable")
+            async with slots:
+                return await self._request(session, index, body)
+
+    async def _request(self, session, index: int, body: bytes) -> str | Exception:
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return await self._attempt(session, body)
+            except _Retryable as exc:
+                message = self._redact(str(exc))
+                if attempt + 1 >= attempts:
+                    log.warning("item %d: giving up after %d attempts: %s", index, attempts, message)
+                    return CaptionError(f"failed after {attempts} attempts: {message}")
+                delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
+                if exc.retry_after is not None:
+                    delay = min(self.max_backoff_s, max(delay, exc.retry_after))
+                log.warning("item %d: attempt %d/%d failed (%s); retrying in %.2f s",
+                            index, attempt + 1, attempts, message, delay)
+                await self._backoff(delay)
+            except CaptionError as exc:
+                message = self._redact(str(exc))
+                log.warning("item %d: %s", index, message)
+                return CaptionError(message)
+            except Exception as exc:  # noqa: BLE001
+                message = self._redact(_short(exc))
+                log.warning("item %d: unexpected error: %s", index, message)
+                return CaptionError(message)
+        raise AssertionError("unreachable")
 
     async def _caption_all(self, session, images: list) -> list[str | Exception]:
         import asyncio
 
-        slots = asyncio.Semaphore(self.concurrency)
-        return list(await asyncio.gather(*(self._caption_one(session, i, im, slots) for i, im in enumerate(images))))
+        ahead, slots = asyncio.Semaphore(2 * self.concurrency), asyncio.Semaphore(self.concurrency)
+        return list(await asyncio.gather(*(self._caption_one(session, i, im, ahead, slots)
+                                           for i, im in enumerate(images))))
 
     def caption(self, images: Sequence[Any]) -> list[str | Exception]:
         images = list(images)
