@@ -328,11 +328,11 @@ class OpenAICaptioner:
     in an ``image_url`` content part.
 
     Not the official ``openai`` client: against the same local server
-    (``bench/captions.py``) its ``AsyncOpenAI`` spent 3-6 ms of client CPU per
-    caption (request-parameter transforms, response models, httpx's connection
-    pool scanning every connection per request; 1.2-1.5 ms with its aiohttp
-    transport and raw responses), against about 0.6 ms here, and one event
-    loop's CPU is what caps the captions per second at high concurrency.
+    (``bench/captions.py``) its ``AsyncOpenAI`` spent 2.5-4.5 ms of client CPU
+    per caption (request-parameter transforms, response models, httpx's
+    connection pool scanning every connection per request; 1.2-1.5 ms with its
+    aiohttp transport and raw responses), against about 0.4 ms here, and one
+    event loop's CPU is what caps the captions per second at high concurrency.
 
     The API key is read from the environment variable named ``api_key_env`` and
     sent as ``Authorization: Bearer``; it is never logged, and it is replaced by
