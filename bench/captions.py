@@ -284,7 +284,8 @@ def main() -> None:
     parser.add_argument("--vlm-batch", type=int, default=None, help="default: the schema's batch size")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--official-client", action="store_true",
-                        help="also time the official openai client (AsyncOpenAI) the same way, for comparison")
+                        help="also time the official openai client (AsyncOpenAI) the same way, for comparison "
+                             "(needs `pip install openai==3.51.0`; not a project dependency)")
     args = parser.parse_args()
     from rare_objects import offline
 
