@@ -21,6 +21,7 @@ include: "rules/outliers.smk"
 include: "rules/select.smk"
 include: "rules/captions.smk"
 include: "rules/export.smk"
+include: "rules/training_selection.smk"
 
 
 rule all:

@@ -119,4 +119,5 @@ def timing_benchmarks(wildcards):
         *expand(f"{RESULTS}/benchmarks/caption/part-{{part}}.tsv", part=CAPTION_PARTS),
         f"{RESULTS}/benchmarks/analyse_concepts.tsv",
         f"{RESULTS}/benchmarks/export_results.tsv",
+        f"{RESULTS}/benchmarks/training_selection.tsv",
     ]

@@ -1,6 +1,7 @@
 rule export_results:
     input:
         unpack(export_inputs),
+        training_selection=f"{RESULTS}/tables/training_selection_summary.json",
     output:
         results=f"{RESULTS}/detection_results.json",
         statistics=f"{RESULTS}/statistics.json",
@@ -9,6 +10,7 @@ rule export_results:
             f"{RESULTS}/{{target}}_results.json", target=list(config["targets"])
         ),
         tree=directory(expand(f"{RESULTS}/{{folder}}", folder=EXPORT_FOLDERS)),
+        coco=f"{RESULTS}/coco_detections.json",
     log:
         f"{RESULTS}/logs/export_results.log",
     benchmark:
@@ -21,6 +23,7 @@ rule export_results:
         max_images=config["input"]["max_images"],
         images=config["images"],
         seed=config["seed"],
+        input_path=config["input"]["path"],
     script:
         "../scripts/export_results.py"
 

@@ -38,10 +38,11 @@ def write_inputs(root, n_shards=4, images_per_shard=5, seed=0):
             image_id = f"{s:02d}{i:02d}abcdef"
             for rank in range(6 if shared_name else int(rng.integers(0, 7))):
                 x1, y1 = float(rng.uniform(0, 40)), float(rng.uniform(0, 30))
+                class_id = int(rng.integers(0, len(CLASSES)))
                 shard_rows.append({
                     "object_id": f"{image_id}-{rank:02d}", "image_id": image_id, "shard": f"shard{s}",
                     "image_path": str(path), "sample_token": f"tok{s}{i}", "camera": f"cam{s % 2}", "rank": rank,
-                    "class_id": 0, "class_name": CLASSES[int(rng.integers(0, len(CLASSES)))],
+                    "class_id": class_id, "class_name": CLASSES[class_id],
                     "confidence": float(rng.uniform(0.25, 1)), "x1": x1, "y1": y1, "x2": x1 + 20, "y2": y1 + 15,
                     "image_width": 64, "image_height": 48, "crop_width": 20, "crop_height": 15,
                 })

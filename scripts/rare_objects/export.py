@@ -8,6 +8,14 @@ Tree (as the original's detect_improved.py, without the timestamp folder):
 few per-object result columns it looks up by object_id
 (:func:`read_object_tables`), not every assembled row of the export. :func:`assemble` and :func:`export_tree` are the same
 functions on one frame (what a test or a small run calls directly).
+
+Every file the pass writes from the assembled rows is a *writer* (see
+:class:`RecordsWriter`): a context manager with ``write_shard(frame, records)``
+that gets each shard's assembled frame and its detection_results records in
+export order, and publishes its file only when the pass ends without error.
+detection_results.json and the {target}_results.json files are writers; other
+outputs (the COCO file, :mod:`rare_objects.coco`) are passed to
+:func:`export_shards` as ``writers``.
 """
 
 from __future__ import annotations
@@ -197,9 +205,7 @@ class JsonArrayWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self._tmp, "w", encoding="utf-8")
-        self._handle.write("[")
+        self._handle = None
         self.count = 0
 
     def write(self, record: dict) -> None:
@@ -208,6 +214,11 @@ class JsonArrayWriter:
         self.count += 1
 
     def __enter__(self):
+        # Opened on entry, not on construction: a writer built but never entered
+        # (the export failed before its pass) leaves no temporary file behind.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self._tmp, "w", encoding="utf-8")
+        self._handle.write("[")
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -219,6 +230,25 @@ class JsonArrayWriter:
             self._handle.close()
             self._tmp.unlink(missing_ok=True)
         return False
+
+
+class RecordsWriter(JsonArrayWriter):
+    """An export writer: the detection_results records that ``keep`` accepts
+    (all by default), as a JSON array in export order."""
+
+    def __init__(self, path: str | os.PathLike, keep=None):
+        super().__init__(path)
+        self.keep = keep
+
+    def write_shard(self, frame: pd.DataFrame, records: list[dict]) -> None:
+        for record in records:
+            if self.keep is None or self.keep(record):
+                self.write(record)
+
+
+def matches_target(target: str):
+    """``keep`` of a {target}_results.json writer."""
+    return lambda record: target in record["target_matches"]
 
 
 def write_json_array(records, path: str | os.PathLike) -> int:
@@ -434,6 +464,7 @@ def export_shards(
     switches: dict,
     max_inliers: int = 200,
     seed: int = 0,
+    writers=(),
     **tree_options,
 ) -> ObjectCounts:
     """The whole export, one detection shard at a time, with the same outputs as
@@ -441,9 +472,10 @@ def export_shards(
 
     A first pass over the shards' id and path columns finds what depends on
     every object (which inliers the seeded sample takes, which file stems
-    clash); the second assembles, exports and writes each shard's rows.
-    ``tree_options`` go to :func:`export_tree`. Returns the counts for
-    statistics.json.
+    clash); the second assembles, exports and writes each shard's rows through
+    the writers: detection_results.json, the target files and the extra
+    ``writers`` (see the module docstring). ``tree_options`` go to
+    :func:`export_tree`. Returns the counts for statistics.json.
     """
     from .logs import Progress
 
@@ -462,9 +494,14 @@ def export_shards(
     counts = ObjectCounts()
     progress = Progress(log, "export shards", len(detection_paths))
     offset = inliers_before = 0
+    all_writers = [
+        RecordsWriter(results_path),
+        *(RecordsWriter(p, keep=matches_target(t)) for t, p in zip(targets, target_results_paths)),
+        *writers,
+    ]
     with contextlib.ExitStack() as stack:
-        results = stack.enter_context(JsonArrayWriter(results_path))
-        per_target = {t: stack.enter_context(JsonArrayWriter(p)) for t, p in zip(targets, target_results_paths)}
+        for writer in all_writers:
+            stack.enter_context(writer)
         for path in detection_paths:
             detections = pd.read_parquet(path)
             detections.index = pd.RangeIndex(offset, offset + len(detections))
@@ -480,10 +517,9 @@ def export_shards(
                 frame, out_dir, targets, switches, max_inliers=max_inliers, seed=seed, inlier_rows=picked,
                 **tree_options,
             )
-            for record in result_records(frame, crop_paths):
-                results.write(record)
-                for target in record["target_matches"]:
-                    per_target[target].write(record)
+            records = list(result_records(frame, crop_paths))
+            for writer in all_writers:
+                writer.write_shard(frame, records)
             counts.add(frame)
             offset += len(frame)
             progress.update()

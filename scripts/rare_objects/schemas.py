@@ -148,6 +148,21 @@ CONCEPTS = pa.schema(
     ]
 )
 
+# The training-selection list: one row per chosen sample (a nuScenes sample
+# token, or an image path for a folder input). reason is "mined" (the sample
+# holds a mined object; mined_by names the kinds, comma-separated) or
+# "random_fill" (the seeded random share up to the budget).
+TRAINING_SELECTION = pa.schema(
+    [
+        ("sample", pa.string()),
+        ("reason", pa.string()),
+        ("mined_by", pa.string()),
+        ("mined_objects", pa.int32()),
+        ("n_objects", pa.int32()),
+        ("n_images", pa.int32()),
+    ]
+)
+
 
 def write_table(table: pa.Table, schema: pa.Schema, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Cast ``table`` to ``schema`` and write it atomically to ``path``."""
