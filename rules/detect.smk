@@ -21,3 +21,16 @@ rule detect:
         device=config["device"],
     script:
         "../scripts/detect.py"
+
+
+rule detector_classes:
+    input:
+        weights=config["detector"]["weights"],
+    output:
+        f"{RESULTS}/tables/detector_classes.json",
+    log:
+        f"{RESULTS}/logs/detector_classes.log",
+    conda:
+        "../envs/vision.yaml"
+    script:
+        "../scripts/detector_classes.py"

@@ -2,6 +2,7 @@ rule export_results:
     input:
         unpack(export_inputs),
         training_selection=f"{RESULTS}/tables/training_selection_summary.json",
+        detector_classes=f"{RESULTS}/tables/detector_classes.json",
     output:
         results=f"{RESULTS}/detection_results.json",
         statistics=f"{RESULTS}/statistics.json",

@@ -29,6 +29,10 @@ coco_writer = coco.CocoWriter(
     snakemake.output.coco,
     objects=coco_settings["objects"],
     data_root=None if coco_settings["absolute_paths"] else (coco_settings["data_root"] or snakemake.params.input_path),
+    categories={
+        int(index): name
+        for index, name in json.loads(Path(snakemake.input.detector_classes).read_text(encoding="utf-8")).items()
+    },
 )
 counts = export.export_shards(
     snakemake.input.detections,

@@ -94,6 +94,24 @@ def test_categories_are_the_detectors_classes_seen_in_the_run(tmp_path, inputs):
     assert all(Path(i["file_name"]).is_absolute() for i in written["images"])  # no data root: absolute paths
 
 
+def test_categories_are_the_whole_vocabulary_when_given(tmp_path, inputs):
+    detection_paths, paths = inputs
+    out = tmp_path / "out"
+    import pandas as pd
+
+    detections = pd.concat([pd.read_parquet(p) for p in detection_paths])
+    seen = {int(i): n for i, n in zip(detections["class_id"], detections["class_name"])}
+    vocabulary = {**seen, max(seen) + 1: "never_predicted", max(seen) + 7: "car/van"}
+    run_export(detection_paths, paths, out, [coco.CocoWriter(out / "coco.json", categories=vocabulary)])
+    written = json.loads((out / "coco.json").read_text())
+    assert [(c["id"], c["name"]) for c in written["categories"]] == [(i + 1, n) for i, n in sorted(vocabulary.items())]
+    # a vocabulary that disagrees with the detections' names is an error, not a silent relabel
+    wrong = {**vocabulary, min(seen): "renamed"}
+    with pytest.raises(ValueError, match="named both"):
+        run_export(detection_paths, paths, tmp_path / "wrong", [coco.CocoWriter(tmp_path / "wrong" / "c.json", categories=wrong)])
+    assert not (tmp_path / "wrong" / "c.json").exists()
+
+
 def test_the_coco_writer_leaves_the_other_outputs_byte_identical(tmp_path, inputs):
     detection_paths, paths = inputs
     run_export(detection_paths, paths, tmp_path / "plain")

@@ -35,6 +35,15 @@ def test_coco_file_of_the_run_matches_detection_results(workflow_run):
         assert image_root / image["file_name"] == Path(record["original_path"])
         assert image["width"] > 0 and image["height"] > 0
     assert len(dataset.getImgIds()) == len({r["original_path"] for r in selected.values()})
+    # categories: the detector's whole vocabulary, read from its weights by rule detector_classes
+    vocabulary = json.loads((results / "tables" / "detector_classes.json").read_text())
+    from ultralytics import YOLO
+
+    names = YOLO(config["detector"]["weights"], task="detect").names
+    assert vocabulary == {str(i): n for i, n in names.items()}
+    assert [(c["id"], c["name"]) for c in dataset.loadCats(dataset.getCatIds())] == [
+        (int(i) + 1, n) for i, n in vocabulary.items()
+    ]
 
 
 def test_training_selection_of_the_run(workflow_run):

@@ -10,8 +10,8 @@ shard's assembled frame and detection_results records and writes, as it goes,
   ``iscrowd: 0``, ``category_id``, ``score`` (the detector's confidence), and
   the mining results as extra fields (:data:`EXTRA_FIELDS`);
 - ``categories``: the detector's classes, id = the detector's class index + 1
-  (COCO ids start at 1), every class that occurs in the run's detections, not
-  only the exported ones, so that the ids of two exports of a run agree.
+  (COCO ids start at 1): its whole vocabulary when given (the workflow reads it
+  from the weights), else every class that occurs in the run's detections.
 
 Images go to the final file as they come; annotations go to a temporary file
 beside it that is appended when the pass ends, so neither is held in memory.
@@ -84,7 +84,14 @@ class CocoWriter:
     that image ``file_name``s are relative to; None writes absolute paths.
     The file appears at ``path`` only when the export ends without error."""
 
-    def __init__(self, path: str | os.PathLike, objects=("selected",), data_root=None, info: dict | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        objects=("selected",),
+        data_root=None,
+        info: dict | None = None,
+        categories: dict[int, str] | None = None,
+    ):
         unknown = sorted(set(objects) - set(OBJECT_SETS))
         if unknown or not objects:
             raise ValueError(f"COCO objects {unknown or list(objects)} not understood; use some of {', '.join(OBJECT_SETS)}")
@@ -96,7 +103,9 @@ class CocoWriter:
         self._annotations_tmp = self.path.with_name(self.path.name + ".annotations.tmp")
         self._main = self._annotations = None
         self._image_ids: dict[str, int] = {}
-        self._categories: dict[int, str] = {}
+        # The detector's whole vocabulary (index -> name) when known, so that the
+        # categories do not depend on which classes this run happened to find.
+        self._categories: dict[int, str] = {int(i) + 1: name for i, name in (categories or {}).items()}
         self.n_annotations = 0
 
     @property

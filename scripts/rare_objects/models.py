@@ -70,6 +70,11 @@ def load_detector(weights: str | os.PathLike):
     return YOLO(str(path), task="detect")
 
 
+def detector_classes(detector) -> dict[int, str]:
+    """The detector's class vocabulary, index -> name (ultralytics' ``names``)."""
+    return {int(index): str(name) for index, name in detector.names.items()}
+
+
 def clip_spec(embedder: dict, demo_models_dir: str | os.PathLike) -> tuple[str, str | None]:
     """(model name, pretrained tag or checkpoint path) for the ``embedder`` config section."""
     model, pretrained = CLIP_PRESETS.get(embedder["preset"], (None, None))
