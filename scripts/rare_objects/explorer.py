@@ -122,7 +122,7 @@ def write_sprites(
 
 
 _TOOLTIP = """
-<div style="max-width:300px;font-size:12px">
+<div style="max-width:300px;font-size:12px;overflow-wrap:anywhere">
   <div style="width:@thumb_w{0}px;height:@thumb_h{0}px;background-image:url('@sprite_url');background-position:@sprite_pos;border:1px solid #888"></div>
   <div><b>@class_name</b> &middot; @flag &middot; confidence @confidence{0.00}</div>
   <div>LOF global @global_score{0.000}, class @class_score{0.000}, code @outlier_code</div>
@@ -217,10 +217,11 @@ def write_explorer(
     has_sprite = data["sheet"].notna()
     data["sprite_url"] = np.where(has_sprite, sprite_folder.rstrip("/") + "/" + data["sheet"].fillna(""), "")
     data["sprite_pos"] = [f"-{x}px -{y}px" for x, y in zip(data["sprite_x"], data["sprite_y"])]
+    data["size"] = np.where(data["flag"].isin(FLAGS[:2]), 10.0, 6.0)  # outliers stand out
     columns = [
         "x", "y", "object_id", "class_name", "flag", "top_concept", "confidence", "global_score", "class_score",
         "outlier_code", "caption", "image_path", "sample_token", "target_matches", "sprite_url", "sprite_pos",
-        "sprite_x", "sprite_y", "thumb_w", "thumb_h",
+        "sprite_x", "sprite_y", "thumb_w", "thumb_h", "size",
     ]
     source = ColumnDataSource({c: data[c].to_numpy() for c in columns}, name="points_source")
 
@@ -239,7 +240,7 @@ def write_explorer(
     view = CDSView(filter=BooleanFilter(booleans=[True] * len(data)))
     colour = {"field": "class_name", "transform": mappers["class_name"]}
     points = plot.scatter(
-        "x", "y", source=source, view=view, size=7, fill_color=colour, line_color=colour, fill_alpha=0.7,
+        "x", "y", source=source, view=view, size="size", fill_color=colour, line_color=colour, fill_alpha=0.7,
         name="points",
     )
     outliers_src = np.flatnonzero(data["flag"].isin(FLAGS[:2]).to_numpy())
