@@ -85,3 +85,17 @@ def test_report_holds_the_capped_labelled_galleries(report):
         assert entry["labels"]["class"] == classes[entry["object_id"]]
     targets = {entry["group"] for entry in index.values() if entry["gallery"] == "targets"}
     assert targets <= {"construction_vehicle", "bicycle", "motorcycle", "trailer"} and targets
+
+
+def _with(config: dict, section: str, **values) -> dict:
+    return {**config, section: {**config.get(section, {}), **values}}
+
+
+def test_view_settings_rerun_only_their_rules(workflow_run):
+    from tests.conftest import planned_jobs
+
+    workdir, config = workflow_run
+    timing = {"write_timing", "report_overview", "all"}
+    assert set(planned_jobs(workdir, _with(config, "projection", method="umap"))) == {"projection", "explorer"} | timing
+    assert set(planned_jobs(workdir, _with(config, "explorer", thumbnail_size=32))) == {"explorer"} | timing
+    assert set(planned_jobs(workdir, _with(config, "report", max_per_group=3))) == {"report_galleries"} | timing
