@@ -208,7 +208,7 @@ def write_explorer(
 
     data = frame.copy()
     data["top_concept"] = data["top_concept"].fillna(NO_CONCEPT).astype(str)
-    for name in ("caption", "image_path", "target_matches", "sample_token"):
+    for name in ("caption", "image_path", "target_matches"):
         data[name] = data[name].fillna("").astype(str)
     for name in ("confidence", "global_score", "class_score", "x", "y"):
         data[name] = data[name].astype(np.float64)
@@ -220,7 +220,7 @@ def write_explorer(
     data["size"] = np.where(data["flag"].isin(FLAGS[:2]), 10.0, 6.0)  # outliers stand out
     columns = [
         "x", "y", "object_id", "class_name", "flag", "top_concept", "confidence", "global_score", "class_score",
-        "outlier_code", "caption", "image_path", "sample_token", "target_matches", "sprite_url", "sprite_pos",
+        "outlier_code", "caption", "image_path", "target_matches", "sprite_url", "sprite_pos",
         "sprite_x", "sprite_y", "thumb_w", "thumb_h", "size",
     ]
     source = ColumnDataSource({c: data[c].to_numpy() for c in columns}, name="points_source")
