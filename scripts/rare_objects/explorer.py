@@ -244,7 +244,8 @@ def write_explorer(
         name="points",
     )
     outliers_src = np.flatnonzero(data["flag"].isin(FLAGS[:2]).to_numpy())
-    plot.add_tools(HoverTool(renderers=[points], tooltips=_TOOLTIP))
+    # at most three tooltips at once: in a dense region a hover hits hundreds of points
+    plot.add_tools(HoverTool(renderers=[points], tooltips=_TOOLTIP, limit=3))
     plot.add_tools(TapTool(renderers=[points]))
     legend = Legend(items=[LegendItem(label={"field": "class_name"}, renderers=[points])], location="top_right")
     plot.add_layout(legend, "right")
