@@ -22,7 +22,7 @@ LABELS = {"rank", "class", "confidence", "global score", "class score", "outlier
 
 
 def _script_json(page: str, name: str):
-    match = re.search(rf"var {name} = (.*?);\n", page, re.DOTALL)
+    match = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.DOTALL)
     assert match, name
     return json.loads(match.group(1))
 
