@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_snakemake
+from tests.test_explorer_browser import ARTIFACTS, browser  # noqa: F401 (the Chromium fixture)
 
 pytestmark = pytest.mark.workflow
 
@@ -69,6 +70,7 @@ def test_report_holds_the_capped_labelled_galleries(report):
     assert len(crops) == len(index)
     for path, entry in crops.items():
         assert set(entry["labels"]) == LABELS
+        assert all(isinstance(v, str) for v in entry["labels"].values())  # the page sorts labels as text
         assert "report/" + entry["data_uri"] in names
         assert archive.read("report/" + entry["data_uri"])[:2] == b"\xff\xd8"  # a JPEG
     captions = [e["labels"]["caption"] for e in crops.values() if e["labels"]["caption"]]
@@ -99,3 +101,25 @@ def test_view_settings_rerun_only_their_rules(workflow_run):
     assert set(planned_jobs(workdir, _with(config, "projection", method="umap"))) == {"projection", "explorer"} | timing
     assert set(planned_jobs(workdir, _with(config, "explorer", thumbnail_size=32))) == {"explorer"} | timing
     assert set(planned_jobs(workdir, _with(config, "report", max_per_group=3))) == {"report_galleries"} | timing
+
+
+def test_report_galleries_open_in_the_browser(report, browser, tmp_path):
+    """The unzipped report in Chromium: a gallery's table lists its crops by their labels, without page errors."""
+    results, archive, entries, categories = report
+    archive.extractall(tmp_path)
+    group, items = sorted(categories["2. Outliers per class"].items())[0]
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((tmp_path / "report" / "report.html").as_uri())
+    page.get_by_text("2. Outliers per class").first.click()
+    page.get_by_text(group, exact=True).first.click()
+    page.get_by_text("top concept", exact=True).first.wait_for(timeout=15_000)
+    first = entries[items[0]]["labels"]
+    rows = page.locator("tr", has_text=first["image"])
+    assert rows.count() >= 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-gallery.png"))
+    print(f"report screenshot: {ARTIFACTS / 'report-gallery.png'}")
+    assert not errors, errors
+    page.close()

@@ -94,10 +94,11 @@ def choose_items(
     return kept
 
 
-def _label_number(value, digits: int):
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+# Report labels are strings: the report's page sorts and compares them as text.
+def _label_number(value, digits: int) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return round(float(value), digits)
+    return f"{float(value):.{digits}f}"
 
 
 def _label_text(value) -> str:
@@ -131,6 +132,7 @@ def write_galleries(
 
     index: dict[str, dict] = {}
     places: dict[str, list[Path]] = {}
+    rank_width = len(str(int(items["rank"].max()) + 1)) if len(items) else 1  # "01" sorts before "10"
     for item in items.itertuples(index=False):
         folder = out_dirs[item.gallery] / safe_name(item.group)
         name = f"{item.rank:04d}_{safe_name(item.object_id)}.jpg"
@@ -141,12 +143,12 @@ def write_galleries(
             "group": str(item.group),
             "object_id": item.object_id,
             "labels": {
-                "rank": int(item.rank) + 1,
+                "rank": f"{int(item.rank) + 1:0{rank_width}d}",
                 "class": _label_text(item.class_name),
                 "confidence": _label_number(detail["confidence"] if detail is not None else None, 3),
                 "global score": _label_number(item.global_score, 3),
                 "class score": _label_number(item.class_score, 3),
-                "outlier code": int(item.outlier_code),
+                "outlier code": str(int(item.outlier_code)),
                 "caption": _label_text(caption.get(item.object_id)),
                 "top concept": _label_text(concept.get(item.object_id)),
                 "image": _label_text(detail["image_path"] if detail is not None else None),
