@@ -118,6 +118,11 @@ def test_report_galleries_open_in_the_browser(report, browser, tmp_path):
     first = entries[items[0]]["labels"]
     rows = page.locator("tr", has_text=first["image"])
     assert rows.count() >= 1
+    rows.first.locator("a, button").first.click()  # the row's "view" button shows the crop
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img')].some((i) => i.src.includes('/data/raw/') && i.naturalWidth > 0)",
+        timeout=15_000,
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report-gallery.png"))
     print(f"report screenshot: {ARTIFACTS / 'report-gallery.png'}")
