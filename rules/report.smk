@@ -117,7 +117,7 @@ rule report_galleries:
 rule report_overview:
     input:
         statistics=f"{RESULTS}/statistics.json",
-        benchmarks=timing_benchmarks,
+        benchmarks=overview_benchmarks,
     output:
         statistics=report(
             f"{RESULTS}/report/statistics.html",
@@ -133,6 +133,8 @@ rule report_overview:
         ),
     log:
         f"{RESULTS}/logs/report_overview.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report_overview.tsv"
     conda:
         "../envs/analysis.yaml"
     script:
