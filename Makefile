@@ -36,6 +36,7 @@ lint: setup demo-data
 
 test: setup lint
 	if [ "$$(id -u)" = 0 ]; then bash .ci/install-slurm.sh && bash .ci/install-fonts.sh; fi
+	if [ "$$(id -u)" = 0 ]; then bash .ci/install-chromium.sh; fi
 	$(BIN)/python -m pytest
 
 test-fast: setup

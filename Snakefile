@@ -3,6 +3,7 @@
 #   images -> detect (per shard) -> embed (per shard) -> outliers (LOF)
 #          -> select_objects (targets + diversity) -> caption (per partition)
 #          -> analyse_concepts -> export_results, tsne_plot, write_timing
+#          -> projection, explorer, report_galleries, report_overview (rules/report.smk)
 
 
 from snakemake.utils import min_version
@@ -11,6 +12,9 @@ min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -22,6 +26,7 @@ include: "rules/select.smk"
 include: "rules/captions.smk"
 include: "rules/export.smk"
 include: "rules/training_selection.smk"
+include: "rules/report.smk"
 
 
 rule all:

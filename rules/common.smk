@@ -1,3 +1,6 @@
+import functools
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -66,6 +69,10 @@ def final_outputs():
         f"{RESULTS}/statistics.json",
         f"{RESULTS}/tsne.png",
         f"{RESULTS}/timing.txt",
+        # what people look at (rules/report.smk)
+        f"{RESULTS}/explorer.html",
+        f"{RESULTS}/report/galleries.json",
+        f"{RESULTS}/report/statistics.html",
     ]
 
 
@@ -120,4 +127,50 @@ def timing_benchmarks(wildcards):
         f"{RESULTS}/benchmarks/analyse_concepts.tsv",
         f"{RESULTS}/benchmarks/export_results.tsv",
         f"{RESULTS}/benchmarks/training_selection.tsv",
+        # rules/report.smk
+        f"{RESULTS}/benchmarks/projection.tsv",
+        f"{RESULTS}/benchmarks/explorer.tsv",
+        f"{RESULTS}/benchmarks/report_galleries.tsv",
+        f"{RESULTS}/benchmarks/report_overview.tsv",
     ]
+
+
+def overview_benchmarks(wildcards):
+    """The benchmark files that the report's timing table shows: every one but its own."""
+    own = f"{RESULTS}/benchmarks/report_overview.tsv"
+    return [path for path in timing_benchmarks(wildcards) if path != own]
+
+
+# --- the report's galleries (rules/report.smk) ---
+GALLERY_INDEX = f"{RESULTS}/report/galleries.json"
+
+
+def gallery_index():
+    """The crops' groups and labels, written by report_galleries (read when the report is built)."""
+    return _read_gallery_index(GALLERY_INDEX, os.stat(GALLERY_INDEX).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gallery_index(path, mtime_ns):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def gallery_group(gallery):
+    """Report subcategory of a crop: its class, concept or target as in the data (not the safe folder name)."""
+
+    def group(wildcards):
+        entry = gallery_index().get(f"{gallery}/{wildcards.group}/{wildcards.name}.jpg")
+        return entry["group"] if entry else wildcards.group
+
+    return group
+
+
+def gallery_labels(gallery):
+    """Report labels of a crop: class, confidence, scores, caption, top concept, image."""
+
+    def labels(wildcards):
+        entry = gallery_index().get(f"{gallery}/{wildcards.group}/{wildcards.name}.jpg")
+        return entry["labels"] if entry else {"crop": wildcards.name}
+
+    return labels

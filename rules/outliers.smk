@@ -23,7 +23,12 @@ rule tsne_plot:
         embeddings=per_shard(f"{RESULTS}/tables/embeddings/{{shard}}.parquet"),
         outliers=f"{RESULTS}/tables/outliers.parquet",
     output:
-        f"{RESULTS}/tsne.png",
+        report(
+            f"{RESULTS}/tsne.png",
+            caption="../report/tsne.rst",
+            category="1. Overview",
+            labels={"figure": "t-SNE"},
+        ),
     log:
         f"{RESULTS}/logs/tsne_plot.log",
     benchmark:

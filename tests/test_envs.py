@@ -34,6 +34,7 @@ IMPORT_TO_DIST = {
     "attr": "attrs",
     "dateutil": "python-dateutil",
     "google.protobuf": "protobuf",
+    "umap": "umap-learn",
 }
 # conda-forge package name -> the PyPI distribution it provides.
 CONDA_TO_DIST = {

@@ -35,6 +35,8 @@ def configure(cache_dir: str | os.PathLike | None = None) -> Path:
         "HF_HOME": str(cache / "huggingface"),
         "MPLCONFIGDIR": str(cache / "matplotlib"),
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+        # numba (umap-learn, pynndescent) compiles to a cache of its own
+        "NUMBA_CACHE_DIR": str(cache / "numba"),
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

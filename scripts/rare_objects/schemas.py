@@ -163,6 +163,21 @@ TRAINING_SELECTION = pa.schema(
     ]
 )
 
+# One row per object on the explorer's map (rare_objects.projection): every
+# mined object plus a seeded sample of the rest, with its 2-D coordinates.
+# shown_reason: final_outlier, outlier, target or sample; method: tsne or umap.
+PROJECTION = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("class_name", pa.string()),
+        ("is_outlier", pa.bool_()),
+        ("shown_reason", pa.string()),
+        ("method", pa.string()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+    ]
+)
+
 
 def write_table(table: pa.Table, schema: pa.Schema, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Cast ``table`` to ``schema`` and write it atomically to ``path``."""

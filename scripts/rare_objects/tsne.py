@@ -137,11 +137,6 @@ def plot_tsne(
     ``y``. Classes beyond the :data:`MAX_LEGEND_CLASSES` largest are drawn
     grey as "other".
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     X = np.asarray(X)
     class_names = np.asarray(class_names, dtype=object)
     is_outlier = np.asarray(is_outlier, dtype=bool)
@@ -161,6 +156,17 @@ def plot_tsne(
     if object_ids is not None:
         frame.insert(1, "object_id", np.asarray(object_ids, dtype=object)[rows])
 
+    draw_map(frame, out_png, title, len(X))
+    return frame
+
+
+def draw_map(frame: pd.DataFrame, out_png: str | os.PathLike, title: str, total_objects: int) -> None:
+    """Scatter of ``frame``'s ``x``/``y`` coloured by ``class_name``, ``is_outlier`` rows marked, to ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 8), dpi=110)
     counts = frame["class_name"].value_counts()
     shown = list(counts.index[:MAX_LEGEND_CLASSES])
@@ -179,7 +185,7 @@ def plot_tsne(
     if frame["is_outlier"].any():
         ax.scatter([], [], s=30, marker="X", color="white", edgecolors="black", linewidths=0.6, label="outlier")
     n_out = int(frame["is_outlier"].sum())
-    ax.set_title(f"{title}\n{len(frame)} of {len(X)} objects shown, {n_out} outliers")
+    ax.set_title(f"{title}\n{len(frame)} of {total_objects} objects shown, {n_out} outliers")
     ax.set_xticks([])
     ax.set_yticks([])
     if len(frame):
@@ -189,4 +195,3 @@ def plot_tsne(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
     plt.close(fig)
-    return frame

@@ -1,0 +1,35 @@
+"""Rule explorer: explorer.html and its thumbnail sprite sheets (explorer_files/)."""
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rare_objects.runtime import start_rule
+
+log = start_rule(snakemake)
+
+from rare_objects import explorer, images  # noqa: E402
+
+settings = snakemake.params.explorer
+image_cfg = snakemake.params.images
+projection = pd.read_parquet(snakemake.input.projection)
+total = int(pq.read_schema(snakemake.input.projection).metadata[b"total_objects"])
+captions = pd.concat(
+    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions], ignore_index=True
+)
+concepts = pd.read_parquet(snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"])
+points = explorer.build_explorer(
+    projection,
+    snakemake.input.detections,
+    snakemake.input.outliers,
+    captions,
+    concepts,
+    snakemake.params.targets,
+    snakemake.output.html,
+    snakemake.output.sprites,
+    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    total_objects=total,
+    thumbnail_size=settings["thumbnail_size"],
+    per_sheet=settings["thumbnails_per_sheet"],
+    workers=image_cfg["loader_workers"],
+)
+log.info("explorer with %d points written to %s", points, snakemake.output.html)
