@@ -49,5 +49,6 @@ rule build_demo_vlm:
     threads: 2
     params:
         seed=config["seed"],
+        train_steps=config["demo"]["vlm_train_steps"],
     script:
         "../scripts/build_demo_vlm.py"
