@@ -65,7 +65,7 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
             "max_new_tokens": 12,
             "vlm_for": ["targets", "outliers"],
             "transformers": {"model": str(models / "qwen2vl-tiny"), "batch_size": 4, "min_pixels": 3136,
-                             "max_pixels": 12544},
+                             "max_pixels": 6272},
         },
         "concepts": {"text_encoder": "clip"},
         "export": {"max_inlier_images": 5},

@@ -94,7 +94,7 @@ _CORPUS = [
     "0 1 2 3 4 5 6 7 8 9 . , : ; ! ? ' \" ( ) - _ / \n",
 ]
 
-# Small enough to train in a minute or two and run in seconds on a CPU (about 0.5M parameters).
+# Small enough to train in a few minutes and run in seconds on a CPU (about 0.4M parameters).
 _VOCAB_SIZE = 768
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=4096)
@@ -103,7 +103,7 @@ _VISION = dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=2, patch_size=14,
 # Small crops stay small: images are resized to between these areas (in pixels). The demo's
 # captions.transformers.min_pixels / max_pixels must be these too (config.yaml).
 MIN_PIXELS = 56 * 56
-MAX_PIXELS = 28 * 28 * 16
+MAX_PIXELS = 28 * 28 * 8
 _STAMP = "tiny_qwen2vl.json"
 _BUILD_VERSION = 2
 
@@ -132,7 +132,7 @@ def build_tiny_qwen2vl(
     out_dir: str | os.PathLike,
     seed: int = 0,
     train_steps: int = 0,
-    n_scenes: int = 400,
+    n_scenes: int = 700,
     batch: int = 32,
     lr: float = 3e-3,
     threads: int | None = None,
@@ -321,7 +321,7 @@ def _collate(items, pad_id: int):
     }
 
 
-def train_captioner(model, processor, seed: int, steps: int, n_scenes: int = 400, batch: int = 32,
+def train_captioner(model, processor, seed: int, steps: int, n_scenes: int = 700, batch: int = 32,
                     lr: float = 3e-3, prompt: str | None = None) -> dict:
     """Train ``model`` in place on crops of generated scenes and their grammar captions.
 
