@@ -292,13 +292,6 @@ def _clip_training_crops(seed: int, n_scenes: int, size: tuple[int, int], jitter
     return crops, positives
 
 
-# Concepts of the original's list that no generated object shows: their prompts are in the
-# fine-tune's caption set as negatives of every crop, so that the text tower keeps them away
-# from the demo's captions (else an untrained prompt may land anywhere, even on "a red car").
-UNSEEN_CONCEPTS = ("bus", "motorcycle", "trailer", "emergency_vehicle", "animal", "debris", "stroller",
-                   "wheelchair", "traffic_light", "traffic_cone", "barrier")
-
-
 def clip_captions(obj: demo_scenes.SceneObject) -> list[str]:
     """Captions that describe ``obj``: its grammar caption and its concept's prompt."""
     concept = demo_scenes.PLANTED_KINDS[obj.planted_kind][2] if obj.planted else obj.class_name
@@ -320,8 +313,7 @@ def build_demo_clip(
     ``finetune_steps=0`` saves the seeded random initialisation. Otherwise the model is
     trained contrastively on crops of ``n_scenes`` synthetic scenes against the set of all
     their captions ("a red car", "a photo of a truck", "a photo of a construction vehicle",
-    ...), each crop with several positive captions, and the prompts of
-    :data:`UNSEEN_CONCEPTS` as negatives of every crop. A ``.safetensors`` suffix saves as
+    ...), each crop with several positive captions. A ``.safetensors`` suffix saves as
     safetensors, anything else with ``torch.save``; both load through open_clip's
     ``pretrained=`` path. A JSON with the loss and timing is written next to ``out_path``
     as ``<stem>.json``.
@@ -346,7 +338,7 @@ def build_demo_clip(
         t0 = time.perf_counter()
         crops, positives = _clip_training_crops(seed, n_scenes, demo_scenes.DEFAULT_SIZE, jitters=2)
         images = torch.stack([preprocess(c) for c in crops])
-        captions = sorted({c for caps in positives for c in caps} | {concept_text(c) for c in UNSEEN_CONCEPTS})
+        captions = sorted({c for caps in positives for c in caps})
         cap_index = {c: i for i, c in enumerate(captions)}
         target = torch.zeros(len(crops), len(captions))
         for i, caps in enumerate(positives):
