@@ -30,7 +30,8 @@ rule build_demo_clip:
         f"{DEMO_DIR}/benchmarks/build_demo_clip.tsv"
     conda:
         "../envs/vision.yaml"
-    threads: 2
+    # One thread, as build_demo_vlm: the two tiny models build side by side on two cores.
+    threads: 1
     params:
         seed=config["seed"],
     script:
