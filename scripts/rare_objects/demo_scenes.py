@@ -9,13 +9,18 @@ with an excavator arm, a pink zebra-striped car, a car on giant wheels, a bicycl
 wheels, a person in a mascot costume). They still look enough like their class to be
 detected, but they are rare, so the workflow should rank them as outliers.
 
+Every object also gets a short English caption from a small grammar (:attr:`SceneObject.caption`,
+:func:`grammar_captions`), which :func:`caption_kind` reads back as the kind it names; the demo's
+tiny Qwen2-VL is trained on (crop, caption) pairs of :func:`object_crops`.
+
 Everything is a pure function of the seed: the same seed gives the same bytes, and each image
 has its own random stream (``numpy.random.default_rng([seed, stream, index])``) so that the
 demo images, the detector's training set and its validation set never share scenes even when
 they share a seed number.
 
 Entry points: :func:`generate_scenes` (demo images + ground truth), :func:`write_yolo_dataset`
-(ultralytics training data), :func:`render_scene` (one scene in memory).
+(ultralytics training data), :func:`object_crops` (captioned crops), :func:`render_scene` (one
+scene in memory).
 
 CLI: ``python -m rare_objects.demo_scenes --out DIR --n-images N --seed S``
 """
