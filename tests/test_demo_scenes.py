@@ -132,3 +132,33 @@ def test_cli(tmp_path):
     assert demo_scenes.main(["--out", str(tmp_path), "--n-images", "4", "--seed", "3", "--size", "160x96"]) == 0
     assert len(list(tmp_path.rglob("*.jpg"))) == 4
     assert (tmp_path / demo_scenes.GROUND_TRUTH_NAME).exists()
+
+
+def test_every_object_gets_a_grammar_caption_that_names_its_kind(tmp_path):
+    grammar = set(demo_scenes.grammar_captions())
+    gt = demo_scenes.generate_scenes(tmp_path, 40, seed=5, size=(160, 96), planted_fraction=0.5)
+    assert set(gt["caption"]) <= grammar
+    kinds = np.where(gt["planted"], gt["planted_kind"], gt["class_name"])
+    assert [demo_scenes.caption_kind(c) for c in gt["caption"]] == list(kinds)
+    assert set(gt.loc[gt["planted"], "planted_kind"]) == set(demo_scenes.PLANTED_KINDS)
+    # colours are the drawn ones, with the right article
+    car = gt[(gt["class_name"] == "car") & ~gt["planted"]].iloc[0]
+    assert car["caption"] == f"a {car['colour']} car"
+    assert "a person in an orange shirt" in grammar and "a person in a orange shirt" not in grammar
+    # every kind of the grammar reads back as itself, and words of no kind as None
+    for caption in grammar:
+        assert demo_scenes.caption_kind(caption) in set(demo_scenes.CLASS_NAMES) | set(demo_scenes.PLANTED_KINDS)
+    assert demo_scenes.caption_kind("A car with pink zebra stripes.") == "zebra_pink_car"
+    assert demo_scenes.caption_kind("a blurry shape") is None
+    assert demo_scenes.caption_kind(None) is None
+
+
+def test_object_crops_come_from_their_own_stream(tmp_path):
+    pairs = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192)))
+    again = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192)))
+    held_out = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM_HELDOUT, 10, size=(320, 192)))
+    assert [o.caption for _, o in pairs] == [o.caption for _, o in again]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), (b, _) in zip(pairs, again))
+    assert any(o.planted for _, o in pairs)
+    assert all(min(c.size) >= 4 for c, _ in pairs)
+    assert np.asarray(pairs[0][0]).tobytes() != np.asarray(held_out[0][0]).tobytes()

@@ -168,3 +168,14 @@ def test_detector_build_is_idempotent(demo_detector, tmp_path):
     assert again == demo_detector
     assert demo_detector.stat().st_mtime_ns == before
     assert not (tmp_path / "unused_work").exists()
+
+
+def test_detector_build_is_deterministic(tmp_path):
+    """Two fresh builds with one seed give equal weights (the .pt also holds its build date)."""
+    small = dict(seed=3, epochs=1, imgsz=160, n_train=6, n_val=2, batch=4, threads=1)
+    a = tiny_models.build_demo_detector(tmp_path / "a.pt", tmp_path / "a_work", **small)
+    b = tiny_models.build_demo_detector(tmp_path / "b.pt", tmp_path / "b_work", **small)
+    sa = torch.load(a, weights_only=False)["model"].float().state_dict()
+    sb = torch.load(b, weights_only=False)["model"].float().state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

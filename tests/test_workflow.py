@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from sklearn.neighbors import LocalOutlierFactor
 
 from rare_objects import schemas
-from tests.conftest import planned_jobs, run_snakemake, workflow_config
+from tests.conftest import CACHE, REPO, planned_jobs, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.workflow
 
@@ -220,3 +221,43 @@ def test_nuscenes_dataroot_runs_with_sample_tokens_and_scene_shards(tmp_path, de
     assert set(per_image["camera"]) == {"CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"}
     assert set(detections["shard"]) <= {"scene-0061.0000", "scene-0103.0000"}
     assert (tmp_path / "results" / "tables" / "outliers.parquet").exists()
+
+
+def test_demo_meets_its_targets(tmp_path, demo_models):
+    """``make demo``'s images and configuration (with the test cache's models): every stage's targets.
+
+    Targets (README, "The demo"): planted objects detected >= 4 of 5, ordinary detection >= 85 %,
+    captions naming the true kind >= 90 % of captioned ordinary and >= 80 % of captioned planted
+    objects, final outliers >= 80 % of captioned planted and <= 10 % of captioned ordinary ones.
+    The assertions leave a margin: these models have another seed than the demo's.
+    """
+    from rare_objects.demo_eval import planted_report
+    from rare_objects.demo_scenes import generate_scenes
+
+    images = tmp_path / "images"
+    generate_scenes(images, 60, seed=7)  # as the Makefile's demo-data
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    captions = demo["captions"]
+    config = {
+        **demo,
+        "results": str(tmp_path / "results"),
+        "device": "cpu",
+        "cache_dir": str(CACHE / "libs"),
+        "input": {**demo["input"], "path": str(images)},
+        "demo": {**demo["demo"], "models_dir": str(demo_models)},
+        "detector": {**demo["detector"], "weights": str(demo_models / "detector.pt")},
+        "captions": {**captions, "transformers": {**captions["transformers"], "model": str(demo_models / "qwen2vl-tiny")}},
+    }
+    run_snakemake(tmp_path, config)
+    report = planted_report(tmp_path / "results", images)
+    print(f"\ndemo evaluation: {json.dumps(report)}")
+    planted, ordinary = report["planted"], report["ordinary"]
+    assert planted["objects"] == 5
+    assert planted["detected"] >= 4
+    assert ordinary["detected_share"] >= 0.8
+    assert planted["captioned"] >= 3  # planted objects reach captioning (as outliers)
+    assert planted["captioned_correctly"] >= 0.75 * planted["captioned"]
+    assert ordinary["captioned"] >= 20
+    assert ordinary["caption_accuracy"] >= 0.85
+    assert planted["final_outliers"] >= 0.75 * planted["captioned"]
+    assert ordinary["final_outlier_share_of_captioned"] <= 0.15

@@ -1,4 +1,9 @@
-"""How well the demo's planted unusual objects come out: detected, outliers, final outliers.
+"""How the demo's objects come through every stage, planted and ordinary ones apart.
+
+Each ground-truth object is matched to a detection (IoU >= 0.5), then followed through
+the results: LOF outlier, selected, captioned by the VLM, caption naming its true kind
+(:func:`rare_objects.demo_scenes.caption_kind`: the planted kind for a planted object, the
+class for an ordinary one), final outlier.
 
     python -m rare_objects.demo_eval RESULTS_DIR DEMO_IMAGES_DIR
 """
@@ -12,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .demo_scenes import read_ground_truth
+from .demo_scenes import caption_kind, read_ground_truth
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -41,31 +46,74 @@ def match_ground_truth(truth: pd.DataFrame, results: pd.DataFrame, min_iou: floa
     return matched
 
 
+def _stages(rows: pd.DataFrame) -> dict:
+    """Counts of ground-truth ``rows`` (with their matched result columns) at each stage."""
+    detected = rows[rows["detected"]]
+    captioned = detected[detected["captioned"]]
+    n_captioned = len(captioned)
+    correct = int(captioned["caption_correct"].sum())
+    final = int(captioned["is_final_outlier"].sum())
+    return {
+        "objects": int(len(rows)),
+        "detected": int(len(detected)),
+        "flagged_outlier": int(detected["is_outlier"].sum()),
+        "selected": int(detected["selected"].sum()),
+        "captioned": n_captioned,
+        "captioned_correctly": correct,
+        "final_outliers": int(detected["is_final_outlier"].sum()),
+        "detected_share": round(len(detected) / len(rows), 3) if len(rows) else None,
+        "outlier_rate": round(float(detected["is_outlier"].mean()), 3) if len(detected) else None,
+        "caption_accuracy": round(correct / n_captioned, 3) if n_captioned else None,
+        "final_outlier_share_of_captioned": round(final / n_captioned, 3) if n_captioned else None,
+    }
+
+
+def _vlm_captioned(results_dir: Path, object_ids: pd.Series) -> np.ndarray:
+    """Whether each object got a VLM caption without error (the captions tables)."""
+    parts = sorted((results_dir / "tables" / "captions").glob("*.parquet"))
+    if not parts:
+        return np.zeros(len(object_ids), dtype=bool)
+    captions = pd.concat([pd.read_parquet(p, columns=["object_id", "caption_kind", "error"]) for p in parts])
+    vlm = set(captions.loc[(captions["caption_kind"] == "vlm") & captions["error"].isna(), "object_id"])
+    return object_ids.isin(vlm).to_numpy()
+
+
 def planted_report(results_dir: str | Path, images_dir: str | Path) -> dict:
-    images_dir = Path(images_dir)
+    """The demo's evaluation: every stage for planted and for ordinary objects (see the module doc)."""
+    results_dir, images_dir = Path(results_dir), Path(images_dir)
     truth = read_ground_truth(images_dir)
     truth["abs_path"] = [str(images_dir / p) for p in truth["image_path"]]
-    results = pd.DataFrame(json.loads((Path(results_dir) / "detection_results.json").read_text()))
+    results = pd.DataFrame(json.loads((results_dir / "detection_results.json").read_text()))
+    results["captioned"] = _vlm_captioned(results_dir, results["object_id"]) & results["description"].notna()
     matched = match_ground_truth(truth, results)
-    hit = matched["object_index_in_results"] >= 0
-    flags = results["is_outlier"].to_numpy()
-    final = results["is_final_outlier"].fillna(False).astype(bool).to_numpy()
-    planted = matched[matched["planted"] & hit]
-    normal = matched[~matched["planted"] & hit]
-    outlier_rate = lambda rows: float(flags[rows["object_index_in_results"]].mean()) if len(rows) else float("nan")  # noqa: E731
-    planted_rate, normal_rate = outlier_rate(planted), outlier_rate(normal)
+    hit = matched["object_index_in_results"].to_numpy() >= 0
+    rows = matched["object_index_in_results"].to_numpy()[hit]
+    matched["detected"] = hit
+    for column in ("is_outlier", "selected", "captioned", "is_final_outlier"):
+        values = results[column].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        matched[column] = False
+        matched.loc[hit, column] = values[rows]
+    descriptions = results["description"].to_numpy(dtype=object)
+    true_kind = np.where(matched["planted"], matched["planted_kind"], matched["class_name"])
+    named = np.array([caption_kind(descriptions[r]) if h else None
+                      for r, h in zip(matched["object_index_in_results"], hit)], dtype=object)
+    matched["caption_correct"] = matched["captioned"] & (named == true_kind)
+
+    planted = _stages(matched[matched["planted"]])
+    ordinary = _stages(matched[~matched["planted"]])
+    captioned = matched[matched["captioned"]]
+    planted_rate, normal_rate = planted["outlier_rate"], ordinary["outlier_rate"]
     return {
         "ground_truth_objects": int(len(truth)),
         "detected_share": round(float(hit.mean()), 3),
-        "planted_objects": int(truth["planted"].sum()),
-        "planted_detected": int(len(planted)),
-        "planted_flagged_outlier": int(flags[planted["object_index_in_results"]].sum()) if len(planted) else 0,
-        "planted_outlier_rate": round(planted_rate, 3),
-        "normal_outlier_rate": round(normal_rate, 3),
-        "lift": round(planted_rate / normal_rate, 2) if normal_rate > 0 else None,
-        "planted_final_outliers": int(final[planted["object_index_in_results"]].sum()) if len(planted) else 0,
-        "all_outliers": int(flags.sum()),
+        "planted": planted,
+        "ordinary": ordinary,
+        "caption_accuracy": round(float(captioned["caption_correct"].mean()), 3) if len(captioned) else None,
+        "outlier_lift": round(planted_rate / normal_rate, 2) if planted_rate is not None and normal_rate else None,
         "all_objects": int(len(results)),
+        "all_outliers": int(results["is_outlier"].sum()),
+        "all_captioned": int(results["captioned"].sum()),
+        "all_final_outliers": int(results["is_final_outlier"].astype("boolean").fillna(False).sum()),
     }
 
 
@@ -77,7 +125,9 @@ def main(argv=None) -> int:
     report = planted_report(args.results_dir, args.images_dir)
     (Path(args.results_dir) / "demo_evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
-        print(f"{key:>26}: {value}")
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        print(f"{key:>22}: {value}")
     return 0
 
 

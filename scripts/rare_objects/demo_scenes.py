@@ -9,13 +9,18 @@ with an excavator arm, a pink zebra-striped car, a car on giant wheels, a bicycl
 wheels, a person in a mascot costume). They still look enough like their class to be
 detected, but they are rare, so the workflow should rank them as outliers.
 
+Every object also gets a short English caption from a small grammar (:attr:`SceneObject.caption`,
+:func:`grammar_captions`), which :func:`caption_kind` reads back as the kind it names; the demo's
+tiny Qwen2-VL is trained on (crop, caption) pairs of :func:`object_crops`.
+
 Everything is a pure function of the seed: the same seed gives the same bytes, and each image
 has its own random stream (``numpy.random.default_rng([seed, stream, index])``) so that the
 demo images, the detector's training set and its validation set never share scenes even when
 they share a seed number.
 
 Entry points: :func:`generate_scenes` (demo images + ground truth), :func:`write_yolo_dataset`
-(ultralytics training data), :func:`render_scene` (one scene in memory).
+(ultralytics training data), :func:`object_crops` (captioned crops), :func:`render_scene` (one
+scene in memory).
 
 CLI: ``python -m rare_objects.demo_scenes --out DIR --n-images N --seed S``
 """
@@ -26,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +47,30 @@ from PIL import Image, ImageDraw
 CLASS_NAMES: tuple[str, ...] = ("car", "truck", "person", "bicycle")
 CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 
-# Planted kinds: name -> (class it should be detected as, caption, short concept name).
+# Planted kinds: name -> (class it should be detected as, caption, concept name). A caption
+# with "{colour}" names the colour the object was drawn in. Concept names are what the
+# demo's concept analysis compares captions with (config.yaml, concepts.list).
 PLANTED_KINDS: dict[str, tuple[str, str, str]] = {
-    "construction_vehicle": ("truck", "a yellow construction vehicle with an excavator arm", "construction vehicle"),
-    "zebra_pink_car": ("car", "a pink car with white zebra stripes", "pink striped car"),
-    "monster_car": ("car", "a car on giant monster wheels", "monster truck"),
-    "rainbow_bicycle": ("bicycle", "a bicycle with rainbow coloured wheels", "rainbow bicycle"),
-    "mascot_person": ("person", "a person in a green mascot costume", "mascot costume"),
+    "construction_vehicle": ("truck", "a yellow construction vehicle with an excavator arm", "construction_vehicle"),
+    "zebra_pink_car": ("car", "a pink car with white zebra stripes", "zebra_striped_car"),
+    "monster_car": ("car", "a {colour} car on giant monster wheels", "monster_truck"),
+    "rainbow_bicycle": ("bicycle", "a bicycle with rainbow wheels", "rainbow_bicycle"),
+    "mascot_person": ("person", "a person in a green mascot costume", "mascot_costume"),
+}
+# Ordinary objects: class -> caption (the grammar's other half).
+ORDINARY_CAPTIONS: dict[str, str] = {
+    "car": "a {colour} car",
+    "truck": "a {colour} truck",
+    "person": "a person in a {colour} shirt",
+    "bicycle": "a {colour} bicycle",
+}
+# Words that only the caption of one planted kind uses: how a caption is read back as a kind.
+_KIND_WORDS: dict[str, tuple[str, ...]] = {
+    "construction_vehicle": ("construction", "excavator"),
+    "zebra_pink_car": ("zebra", "stripes", "striped"),
+    "monster_car": ("monster",),
+    "rainbow_bicycle": ("rainbow",),
+    "mascot_person": ("mascot", "costume"),
 }
 NOT_PLANTED = "none"
 
@@ -57,7 +80,7 @@ DEFAULT_CAMERA = "CAM_FRONT"
 GROUND_TRUTH_NAME = "ground_truth.csv"
 
 # Random streams (second element of the per-image seed sequence).
-STREAM_DEMO, STREAM_TRAIN, STREAM_VAL, STREAM_CLIP = 0, 1, 2, 3
+STREAM_DEMO, STREAM_TRAIN, STREAM_VAL, STREAM_CLIP, STREAM_VLM, STREAM_VLM_HELDOUT = 0, 1, 2, 3, 4, 5
 
 _SUPERSAMPLE = 2  # draw at 2x and downsample: smooth edges, same look at every output size
 
@@ -73,7 +96,7 @@ _PLANTED_GEOMETRY = {  # (base height, aspect)
     "mascot_person": (0.46, 0.55),
 }
 
-# Named colours (captions for the tiny CLIP use the names).
+# Named colours (the captions use the names).
 _VEHICLE_COLOURS = {
     "white": (235, 235, 235),
     "black": (30, 30, 34),
@@ -103,6 +126,7 @@ _FRAME_COLOURS = {
     "silver": (170, 170, 175),
     "green": (40, 120, 60),
 }
+_MONSTER_COLOURS = {"red": (200, 30, 30), "blue": (35, 70, 170), "black": (30, 30, 34)}
 _CONSTRUCTION_YELLOW = (250, 195, 0)
 _HOT_PINK = (250, 70, 170)
 _RAINBOW = [(230, 30, 30), (245, 140, 20), (245, 220, 20), (40, 180, 60), (30, 110, 230), (140, 50, 200)]
@@ -126,13 +150,52 @@ class SceneObject:
         return self.planted_kind != NOT_PLANTED
 
     @property
+    def kind(self) -> str:
+        """The planted kind, or the class name of an ordinary object."""
+        return self.planted_kind if self.planted else self.class_name
+
+    @property
     def caption(self) -> str:
-        """A short description used to fine-tune the tiny CLIP."""
-        if self.planted:
-            return PLANTED_KINDS[self.planted_kind][1]
-        if self.class_name == "person":
-            return f"a person in a {self.colour} shirt"
-        return f"a {self.colour} {self.class_name}"
+        """The grammar's short English description ("a red car", "a bicycle with rainbow wheels")."""
+        template = PLANTED_KINDS[self.planted_kind][1] if self.planted else ORDINARY_CAPTIONS[self.class_name]
+        return _with_articles(template.format(colour=self.colour))
+
+
+def _with_articles(text: str) -> str:
+    """"a orange shirt" -> "an orange shirt"."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def caption_kind(caption: str | None) -> str | None:
+    """The kind a caption names: a planted kind, else a class of :data:`CLASS_NAMES`, else None.
+
+    Reads any text, not only the grammar's: a planted kind's own words win (a "car with zebra
+    stripes" is a ``zebra_pink_car``), then the first class word.
+    """
+    if not isinstance(caption, str):
+        return None
+    words = caption.lower().replace(",", " ").replace(".", " ").split()
+    for kind, keys in _KIND_WORDS.items():
+        if any(k in words for k in keys):
+            return kind
+    for word in words:
+        if word in CLASS_IDS:
+            return word
+    return None
+
+
+def grammar_captions() -> list[str]:
+    """Every caption the grammar can write (all colours of every kind)."""
+    colours = {
+        "car": _VEHICLE_COLOURS, "truck": _TRUCK_COLOURS, "person": _SHIRT_COLOURS, "bicycle": _FRAME_COLOURS,
+        "monster_car": _MONSTER_COLOURS,
+    }
+    out = []
+    for cls, template in ORDINARY_CAPTIONS.items():
+        out += [_with_articles(template.format(colour=c)) for c in colours[cls]]
+    for kind, (_cls, template, _concept) in PLANTED_KINDS.items():
+        out += sorted({_with_articles(template.format(colour=c)) for c in colours.get(kind, {"": None})})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +545,7 @@ def _new_object(rng, class_name, planted_kind, w, h, horizon, near_min) -> Scene
     elif planted_kind == "construction_vehicle":
         colour = "yellow"
     elif planted_kind == "monster_car":
-        colour, rgb = _pick(rng, {"red": (200, 30, 30), "blue": (35, 70, 170), "black": (30, 30, 34)})
+        colour, rgb = _pick(rng, _MONSTER_COLOURS)
         attrs["rgb"] = _jitter(rng, rgb, 10)
     elif planted_kind == "rainbow_bicycle":
         colour, attrs["rgb"] = "rainbow", (245, 245, 245)
@@ -690,6 +753,49 @@ def read_ground_truth(out_dir: str | os.PathLike) -> pd.DataFrame:
     gt = pd.read_csv(Path(out_dir) / GROUND_TRUTH_NAME, keep_default_na=False)
     gt["planted"] = gt["planted"].astype(str).str.lower().eq("true")
     return gt
+
+
+# --------------------------------------------------------------------------------------------
+# Object crops with captions
+# --------------------------------------------------------------------------------------------
+
+
+def object_crops(
+    seed: int,
+    stream: int,
+    n_scenes: int,
+    planted_share: float = 0.5,
+    jitter: float = 0.08,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    min_side: int = 8,
+):
+    """Yield ``(crop, object)`` for every object of ``n_scenes`` generated scenes.
+
+    ``planted_share`` of the scenes hold one planted object (kinds in turn), far more than
+    the demo, so that a model trained on the crops sees every kind often. Each crop's box is
+    moved by up to ``jitter`` of the object's size on each side, as a detector's box would
+    be. Objects smaller than ``min_side`` pixels are left out. Scenes come from the random
+    stream ``stream`` (:data:`STREAM_VLM` for training, :data:`STREAM_VLM_HELDOUT` for a
+    held-out check), never from the demo's own.
+    """
+    rng = np.random.default_rng([seed, stream, 2**31 - 1])
+    kinds = list(PLANTED_KINDS)
+    n_planted = 0
+    for idx in range(n_scenes):
+        scene_rng = np.random.default_rng([seed, stream, idx])
+        kind = NOT_PLANTED
+        if rng.random() < planted_share:
+            kind = kinds[n_planted % len(kinds)]
+            n_planted += 1
+        image, objects = render_scene(scene_rng, size, kind)
+        for obj in objects:
+            w, h = obj.x2 - obj.x1, obj.y2 - obj.y1
+            if min(w, h) < min_side:
+                continue
+            d = rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
+            box = (max(0.0, obj.x1 + d[0]), max(0.0, obj.y1 + d[1]),
+                   min(float(size[0]), obj.x2 + d[2]), min(float(size[1]), obj.y2 + d[3]))
+            yield image.crop((int(box[0]), int(box[1]), int(math.ceil(box[2])), int(math.ceil(box[3])))), obj
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,24 +1,36 @@
-"""A tiny, randomly initialised Qwen2-VL for tests and the offline demo.
+"""A tiny Qwen2-VL for tests and the offline demo, random or briefly trained.
 
 :func:`build_tiny_qwen2vl` writes a complete ``save_pretrained`` folder (model,
 tokenizer, image and video processors, chat template, generation config) that
 loads with ``from_pretrained(..., local_files_only=True)`` exactly like a real
 Qwen2-VL checkpoint, so the real transformers captioning code path runs end to
-end on a CPU in seconds. Its captions are random word pieces, not language.
+end on a CPU in seconds.
+
+With ``train_steps=0`` the weights are random and its captions are random word
+pieces. With ``train_steps > 0`` it is trained through the model's own forward
+and loss on (crop, caption) pairs of generated scenes
+(:func:`rare_objects.demo_scenes.object_crops`, a random stream the demo images
+never use), captions from the scene generator's grammar ("a red car", "a bicycle
+with rainbow wheels"): it then describes demo crops in that grammar.
 
 Everything is built locally: the byte-level BPE tokenizer is trained on a small
-built-in corpus with the special tokens Qwen2-VL's chat template and processor
-need; the weights come from ``torch.manual_seed(seed)``. The same seed gives the
+built-in corpus plus the grammar's captions (a grammar word is one token) with
+the special tokens Qwen2-VL's chat template and processor need; the weights come
+from ``torch.manual_seed(seed)``. The same seed, steps and thread count give the
 same files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Qwen2-VL's special tokens, in the order Qwen2 numbers them (after the vocabulary).
 SPECIAL_TOKENS = [
@@ -82,17 +94,18 @@ _CORPUS = [
     "0 1 2 3 4 5 6 7 8 9 . , : ; ! ? ' \" ( ) - _ / \n",
 ]
 
-# Small enough to build and run in seconds on a CPU (a few hundred thousand parameters).
-_VOCAB_SIZE = 640
-_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+# Small enough to train in a few minutes and run in seconds on a CPU (about 0.4M parameters).
+_VOCAB_SIZE = 768
+_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=4096)
-_VISION = dict(depth=1, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14,
+_VISION = dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=2, patch_size=14,
                spatial_merge_size=2, temporal_patch_size=2)
-# Small crops stay small: images are resized to between these areas (in pixels).
-_MIN_PIXELS = 56 * 56
-_MAX_PIXELS = 28 * 28 * 16
+# Small crops stay small: images are resized to between these areas (in pixels). The demo's
+# captions.transformers.min_pixels / max_pixels must be these too (config.yaml).
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 8
 _STAMP = "tiny_qwen2vl.json"
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2
 
 
 def _train_tokenizer():
@@ -108,23 +121,42 @@ def _train_tokenizer():
         show_progress=False,
         special_tokens=[],
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    from rare_objects.demo_scenes import grammar_captions
+
+    tok.train_from_iterator((_CORPUS + grammar_captions()) * 4, trainer=trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
     return tok
 
 
-def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+def build_tiny_qwen2vl(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    train_steps: int = 0,
+    n_scenes: int = 700,
+    batch: int = 32,
+    lr: float = 3e-3,
+    threads: int = 1,
+) -> Path:
     """Write a tiny Qwen2-VL to ``out_dir`` and return its path.
 
-    Idempotent: a folder already built (with the same build version and seed)
-    is returned as is. The folder is written next to ``out_dir`` and renamed
-    into place, so an interrupted build never leaves a half-written model.
+    ``train_steps=0`` saves the seeded random initialisation; otherwise the model is
+    trained for that many AdamW steps of ``batch`` (crop, caption) pairs from
+    ``n_scenes`` generated scenes (:func:`train_captioner`) on ``threads`` torch threads
+    (equal builds need equal thread counts; for a model this small one thread is as fast
+    as two, and much faster on a busy machine).
+
+    Idempotent: a folder already built (with the same build version, seed and
+    training settings) is returned as is. The folder is written next to ``out_dir``
+    and renamed into place, so an interrupted build never leaves a half-written model.
     """
     out = Path(out_dir)
     stamp = out / _STAMP
+    settings = {"version": _BUILD_VERSION, "seed": seed, "train_steps": int(train_steps)}
+    if train_steps:
+        settings.update({"n_scenes": int(n_scenes), "batch": int(batch), "lr": float(lr)})
     if stamp.exists():
         info = json.loads(stamp.read_text())
-        if info.get("version") == _BUILD_VERSION and info.get("seed") == seed:
+        if all(info.get(k) == v for k, v in settings.items()):
             return out
         raise FileExistsError(f"{out} holds a different tiny model build ({info}); remove it first")
     if out.exists() and any(out.iterdir()):
@@ -153,7 +185,7 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         padding_side="right",  # as many checkpoints ship; the captioner switches to left
         clean_up_tokenization_spaces=False,
     )
-    size = {"shortest_edge": _MIN_PIXELS, "longest_edge": _MAX_PIXELS}
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size),
         video_processor=Qwen2VLVideoProcessor(size=size),
@@ -161,6 +193,9 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         chat_template=CHAT_TEMPLATE,
     )
 
+    # A random model gets large weights so that greedy decoding is not decided by ties;
+    # a trained one starts from the usual small ones.
+    init_range = 0.02 if train_steps else 0.5
     head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]
     config = Qwen2VLConfig(
         text_config=dict(
@@ -170,11 +205,10 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
-            # larger than usual so that greedy decoding is not decided by ties
-            initializer_range=0.5,
+            initializer_range=init_range,
             **_TEXT,
         ),
-        vision_config=dict(hidden_size=_TEXT["hidden_size"], initializer_range=0.5, **_VISION),
+        vision_config=dict(hidden_size=_TEXT["hidden_size"], initializer_range=init_range, **_VISION),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -183,16 +217,21 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    summary: dict = {}
+    with _deterministic_torch(threads):
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(config).eval()
+        if train_steps:
+            summary = train_captioner(model, processor, seed, train_steps, n_scenes=n_scenes, batch=batch, lr=lr)
     gen = model.generation_config
     gen.eos_token_id = ids["<|im_end|>"]
     gen.pad_token_id = ids["<|endoftext|>"]
     gen.bos_token_id = ids["<|endoftext|>"]
     gen.do_sample = False
-    # A random model would often stop at once or emit only markup: make it say something.
-    gen.min_new_tokens = 4
     gen.suppress_tokens = [ids[t] for t in SPECIAL_TOKENS if t != "<|im_end|>"]
+    if not train_steps:
+        # A random model would often stop at once or emit only markup: make it say something.
+        gen.min_new_tokens = 4
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -200,7 +239,8 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         n_params = sum(p.numel() for p in model.parameters())
-        (tmp / _STAMP).write_text(json.dumps({"version": _BUILD_VERSION, "seed": seed, "parameters": n_params}))
+        info = {**settings, "threads": threads, "parameters": n_params, **summary}
+        (tmp / _STAMP).write_text(json.dumps(info, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty (checked above)
         try:
@@ -214,3 +254,115 @@ def build_tiny_qwen2vl(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+class _deterministic_torch:
+    """Fixed thread count and deterministic kernels for a build; the previous settings after."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        import torch
+
+        self._saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self._saved[0])
+        torch.use_deterministic_algorithms(self._saved[1])
+        return False
+
+
+def _encode_pairs(processor, pairs, prompt: str):
+    """Per pair: input ids (prompt, caption, end of turn), the caption's length in tokens, and the pixels."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    chat = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tokenizer = processor.tokenizer
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    encoded = []
+    for crop, caption in pairs:
+        answer = caption + "<|im_end|>"
+        enc = processor(text=[chat + answer], images=[crop], return_tensors="pt", size=size)
+        ids = enc["input_ids"][0]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        n_answer = len(answer_ids)
+        if ids[-n_answer:].tolist() != answer_ids:
+            raise RuntimeError(f"caption {caption!r} does not tokenize the same inside the chat")
+        # mm_token_type_ids marks the image tokens for the multimodal rotary positions
+        encoded.append((ids, enc["mm_token_type_ids"][0], n_answer, enc["pixel_values"], enc["image_grid_thw"]))
+    return encoded
+
+
+def _collate(items, pad_id: int):
+    import torch
+
+    length = max(len(ids) for ids, *_ in items)
+    input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), length), dtype=torch.long)
+    labels = torch.full((len(items), length), -100, dtype=torch.long)
+    token_types = torch.zeros((len(items), length), dtype=torch.long)
+    for row, (ids, types, n_answer, _pix, _grid) in enumerate(items):  # right padding
+        input_ids[row, : len(ids)] = ids
+        token_types[row, : len(ids)] = types
+        attention[row, : len(ids)] = 1
+        labels[row, len(ids) - n_answer: len(ids)] = ids[-n_answer:]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "mm_token_type_ids": token_types,
+        "pixel_values": torch.cat([pix for *_, pix, _grid in items]),
+        "image_grid_thw": torch.cat([grid for *_, grid in items]),
+    }
+
+
+def train_captioner(model, processor, seed: int, steps: int, n_scenes: int = 700, batch: int = 32,
+                    lr: float = 3e-3, prompt: str | None = None) -> dict:
+    """Train ``model`` in place on crops of generated scenes and their grammar captions.
+
+    The loss is the model's own (``model(**inputs, labels=labels).loss``) on the caption
+    tokens and the end-of-turn token only; the prompt is the workflow's default caption
+    prompt. AdamW with a one-cycle learning rate; batches drawn by a seeded generator.
+    Returns the loss figures (timings go to the log: equal builds write equal files).
+    """
+    import torch
+
+    from rare_objects import demo_scenes
+    from rare_objects.vlm import DEFAULT_PROMPT
+
+    t0 = time.perf_counter()
+    pairs = [(crop, obj.caption) for crop, obj in
+             demo_scenes.object_crops(seed, demo_scenes.STREAM_VLM, n_scenes)]
+    encoded = _encode_pairs(processor, pairs, prompt or DEFAULT_PROMPT)
+    prep_seconds = time.perf_counter() - t0
+    pad_id = processor.tokenizer.pad_token_id
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(encoded), (batch,), generator=gen).tolist()
+        loss = model(**_collate([encoded[i] for i in idx], pad_id)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 100 == 0 or step == steps - 1:
+            log.info("tiny Qwen2-VL step %d/%d: loss %.3f", step + 1, steps, losses[-1])
+    model.eval()
+    log.info("tiny Qwen2-VL: %d (crop, caption) pairs prepared in %.0f s, %d steps trained in %.0f s",
+             len(pairs), prep_seconds, steps, time.perf_counter() - t0 - prep_seconds)
+    return {
+        "n_pairs": len(pairs),
+        "first_loss": round(losses[0], 4),
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+    }
