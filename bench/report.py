@@ -36,7 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GIB, machine, run_isolated  # noqa: E402
-from export import SWITCHES, TARGETS, _generate, _inputs  # noqa: E402
+from export import TARGETS, _generate, _inputs  # noqa: E402
+from export import _streaming as _export  # noqa: E402  (the export bench's streaming pass)
 
 REAL_IMAGES = 24
 
@@ -76,18 +77,6 @@ def _prepare(root: str, n: int, seed: int) -> tuple[int, int, int]:
         frame[["x2", "y2"]] = frame[["x2", "y2"]].clip(upper=[1600, 900])
         schemas.write_table(pa.Table.from_pandas(frame, preserve_index=False), schemas.DETECTIONS, path)
     return n, shards, n_images
-
-
-def _export(root: str, out: str) -> None:
-    from rare_objects import export
-
-    detections, paths = _inputs(Path(root))
-    out = Path(out)
-    tables = export.read_object_tables(paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"])
-    export.export_shards(
-        detections, tables, TARGETS, out, out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS], SWITCHES, max_inliers=200, seed=0, link_mode="symlink",
-    )
 
 
 def _naive_choice(root: str, per_group: int) -> int:
