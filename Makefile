@@ -20,17 +20,19 @@ $(VENV)/.installed: envs/requirements.txt
 	touch $@
 
 demo/images/.complete: $(VENV)/.installed
-	$(BIN)/python -m rare_objects.demo_scenes --out demo/images --n-images $(DEMO_IMAGES) --seed $(DEMO_SEED)
+	$(BIN)/python -m rare_objects.demo.scenes --out demo/images --n-images $(DEMO_IMAGES) --seed $(DEMO_SEED)
 	touch $@
 
 demo-data: demo/images/.complete
 
 demo: setup demo-data
 	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/python -m rare_objects.demo_eval results/demo demo/images
+	$(BIN)/python -m rare_objects.demo.evaluation results/demo demo/images
 	@echo "Results: results/demo (statistics.json, detection_results.json, outliers/, tsne.png)"
 
 lint: setup demo-data
+	$(BIN)/ruff check scripts tests bench
+	$(BIN)/ruff format --check scripts tests bench
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules
 

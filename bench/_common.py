@@ -51,7 +51,9 @@ def synthetic_embeddings(
     mean *= 1.0 / np.linalg.norm(mean)
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(dim * latent_dim)
+    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(
+        dim * latent_dim
+    )
     weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
     weights /= weights.sum()
     cluster = rng.choice(n_clusters, size=n, p=weights).astype(np.int32)
@@ -79,7 +81,10 @@ def synthetic_embeddings(
         source = rng.integers(0, n, size=n_dup)
         for start in range(0, n_dup, chunk):
             t = target[start : start + chunk]
-            block = X[source[start : start + chunk]] + rng.standard_normal((t.size, dim), dtype=np.float32) * 0.002
+            block = (
+                X[source[start : start + chunk]]
+                + rng.standard_normal((t.size, dim), dtype=np.float32) * 0.002
+            )
             block /= np.linalg.norm(block, axis=1, keepdims=True)
             X[t] = block
             cluster[t] = cluster[source[start : start + chunk]]

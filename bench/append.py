@@ -23,16 +23,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dag import REPO, jobs, write_config  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from rare_objects.synthetic_nuscenes import write_dataroot  # noqa: E402
+from rare_objects.demo.synthetic_nuscenes import write_dataroot  # noqa: E402
 
 
 def snakemake(workdir: Path, config: Path, *args: str) -> str:
     command = [
         str(Path(sys.executable).with_name("snakemake")),
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config),
-        "--cores", "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
         *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -50,7 +54,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         dataroot = workdir / "nuscenes"
-        write_dataroot(dataroot, version="v1.0-trainval", scenes=names, keyframes_per_scene=args.keyframes, sweeps_per_keyframe=0)
+        write_dataroot(
+            dataroot,
+            version="v1.0-trainval",
+            scenes=names,
+            keyframes_per_scene=args.keyframes,
+            sweeps_per_keyframe=0,
+        )
         config = write_config(workdir, dataroot)
         before = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
         full_detect, full_embed = jobs(before, "detect"), jobs(before, "embed")
@@ -71,15 +81,25 @@ def main() -> None:
         touched = time.perf_counter() - start
         done = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
         write_dataroot(
-            dataroot, version="v1.0-trainval", scenes=["scene-9999"], keyframes_per_scene=args.keyframes,
-            sweeps_per_keyframe=0, append=True,
+            dataroot,
+            version="v1.0-trainval",
+            scenes=["scene-9999"],
+            keyframes_per_scene=args.keyframes,
+            sweeps_per_keyframe=0,
+            append=True,
         )
         after = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
     new_detect, new_embed = jobs(after, "detect"), jobs(after, "embed")
     images_total = (args.scenes + 1) * args.keyframes * 6
-    print(f"existing: {args.scenes} scenes, {args.scenes * args.keyframes * 6} images; full run = {full_detect} detect + {full_embed} embed jobs")
-    print(f"after marking them done ({touched:.1f} s): {jobs(done, 'detect')} detect + {jobs(done, 'embed')} embed jobs left")
-    print(f"one new scene ({args.keyframes * 6} images): {new_detect} detect + {new_embed} embed jobs scheduled")
+    print(
+        f"existing: {args.scenes} scenes, {args.scenes * args.keyframes * 6} images; full run = {full_detect} detect + {full_embed} embed jobs"
+    )
+    print(
+        f"after marking them done ({touched:.1f} s): {jobs(done, 'detect')} detect + {jobs(done, 'embed')} embed jobs left"
+    )
+    print(
+        f"one new scene ({args.keyframes * 6} images): {new_detect} detect + {new_embed} embed jobs scheduled"
+    )
     share_jobs = (new_detect + new_embed) / (full_detect + full_embed + 2)
     share_images = new_detect and (args.keyframes * 6) / images_total
     print(f"rescheduled share: {share_jobs:.4%} of detect+embed jobs, {share_images:.4%} of images")

@@ -39,12 +39,25 @@ sys.path.insert(0, str(REPO / "scripts"))
 from _common import machine  # noqa: E402
 
 CAPTION = "a small grey object on the road"
-ANSWER = json.dumps({
-    "id": "cmpl-bench", "object": "chat.completion", "created": 0, "model": "bench-vlm",
-    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": CAPTION}}],
-    "usage": {"prompt_tokens": 80, "completion_tokens": 8, "total_tokens": 88},
-}).encode()
-RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)) + ANSWER
+ANSWER = json.dumps(
+    {
+        "id": "cmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "bench-vlm",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": CAPTION},
+            }
+        ],
+        "usage": {"prompt_tokens": 80, "completion_tokens": 8, "total_tokens": 88},
+    }
+).encode()
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
+) + ANSWER
 
 
 # --------------------------------------------------------------------------- fixed-latency server
@@ -93,8 +106,9 @@ class FixedLatencyServer:
     def __init__(self, latency_s: float, parallel: int = 0, stop_after_s: float = 3600):
         ctx = mp.get_context("spawn")
         self._ready = ctx.Queue()
-        self._proc = ctx.Process(target=_server_main, args=(latency_s, parallel, self._ready, stop_after_s),
-                                 daemon=True)
+        self._proc = ctx.Process(
+            target=_server_main, args=(latency_s, parallel, self._ready, stop_after_s), daemon=True
+        )
 
     def __enter__(self) -> str:
         self._proc.start()
@@ -121,14 +135,21 @@ class OfficialClient:
         self.client = None
 
     async def _one(self, image, slots) -> str:
-        from rare_objects.images import to_data_url
+        from rare_objects.io.images import to_data_url
 
         async with slots:
-            messages = [{"role": "user", "content": [
-                {"type": "text", "text": "Describe this object."},
-                {"type": "image_url", "image_url": {"url": to_data_url(image)}}]}]
-            answer = await self.client.chat.completions.create(model="bench-vlm", messages=messages, max_tokens=64,
-                                                               temperature=0.0)
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Describe this object."},
+                        {"type": "image_url", "image_url": {"url": to_data_url(image)}},
+                    ],
+                }
+            ]
+            answer = await self.client.chat.completions.create(
+                model="bench-vlm", messages=messages, max_tokens=64, temperature=0.0
+            )
             return answer.choices[0].message.content
 
     async def _all(self, images):
@@ -138,11 +159,19 @@ class OfficialClient:
         import openai
 
         if self.client is None:
-            limits = httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-            self.client = openai.AsyncOpenAI(base_url=self.url, api_key="bench", max_retries=0,
-                                             http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=60))
+            limits = httpx2.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            )
+            self.client = openai.AsyncOpenAI(
+                base_url=self.url,
+                api_key="bench",
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=60),
+            )
         slots = asyncio.Semaphore(self.concurrency)
-        return await asyncio.gather(*(self._one(im, slots) for im in images), return_exceptions=True)
+        return await asyncio.gather(
+            *(self._one(im, slots) for im in images), return_exceptions=True
+        )
 
     def caption(self, images):
         return self.loop.run_until_complete(self._all(list(images)))
@@ -157,8 +186,8 @@ def demo_crops(n: int) -> list:
     """``n`` object crops from generated demo street scenes (their ground-truth boxes)."""
     import tempfile
 
-    from rare_objects import images
-    from rare_objects.demo_scenes import generate_scenes
+    from rare_objects.demo.scenes import generate_scenes
+    from rare_objects.io import images
 
     with tempfile.TemporaryDirectory() as tmp:
         truth = generate_scenes(tmp, n_images=max(4, n // 3), seed=11, folders=1)
@@ -172,15 +201,31 @@ def demo_crops(n: int) -> list:
 def bench_openai(args) -> None:
     import numpy as np
 
-    from rare_objects.vlm import make_captioner
+    from rare_objects.backends.captioning import make_captioner
 
     crops = demo_crops(64)
     latency = args.latency_ms / 1000.0
     sizes = np.array([c.size for c in crops])
-    print(f"openai backend: server latency {args.latency_ms:g} ms, server parallelism "
-          f"{args.server_parallel or 'unlimited'}; {len(crops)} demo-scene crops of {sizes.min()}-{sizes.max()} px")
-    clients = [("backend", lambda url, c: make_captioner("openai", {"openai": {
-        "base_url": url, "model": "bench-vlm", "api_key_env": "ROM_BENCH_NO_KEY", "concurrency": c}}))]
+    print(
+        f"openai backend: server latency {args.latency_ms:g} ms, server parallelism "
+        f"{args.server_parallel or 'unlimited'}; {len(crops)} demo-scene crops of {sizes.min()}-{sizes.max()} px"
+    )
+    clients = [
+        (
+            "backend",
+            lambda url, c: make_captioner(
+                "openai",
+                {
+                    "openai": {
+                        "base_url": url,
+                        "model": "bench-vlm",
+                        "api_key_env": "ROM_BENCH_NO_KEY",
+                        "concurrency": c,
+                    }
+                },
+            ),
+        )
+    ]
     if args.official_client:
         clients.append(("official openai client", OfficialClient))
     with FixedLatencyServer(latency, args.server_parallel) as url:
@@ -196,11 +241,15 @@ def bench_openai(args) -> None:
                 runs.append((time.perf_counter() - t0, time.process_time() - cpu0))
             wall, cpu = min(runs)
             failed = sum(not isinstance(r, str) for r in results)
-            in_flight = min(concurrency, args.server_parallel) if args.server_parallel else concurrency
+            in_flight = (
+                min(concurrency, args.server_parallel) if args.server_parallel else concurrency
+            )
             ideal = n * latency / in_flight
-            print(f"{name}, concurrency {concurrency:4d}: {n:5d} captions in {wall:6.2f} s = {n / wall:7.1f} captions/s, "
-                  f"ideal {n / ideal:7.1f}/s, ratio {wall / ideal:5.3f}, "
-                  f"client CPU {1000 * cpu / n:.2f} ms/caption, {failed} failed")
+            print(
+                f"{name}, concurrency {concurrency:4d}: {n:5d} captions in {wall:6.2f} s = {n / wall:7.1f} captions/s, "
+                f"ideal {n / ideal:7.1f}/s, ratio {wall / ideal:5.3f}, "
+                f"client CPU {1000 * cpu / n:.2f} ms/caption, {failed} failed"
+            )
             close = getattr(captioner, "close", None)
             if close:
                 close()
@@ -224,18 +273,33 @@ def real_size_qwen2vl(tiny: Path, out: Path, device: str) -> Path:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     cfg = Qwen2VLConfig.from_pretrained(tiny).to_dict()
-    cfg["text_config"].update(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                              num_key_value_heads=2, vocab_size=151936, initializer_range=0.02,
-                              tie_word_embeddings=True)
+    cfg["text_config"].update(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+    )
     cfg["tie_word_embeddings"] = True
     cfg["text_config"]["rope_parameters"]["mrope_section"] = [16, 24, 24]
     for derived in ("head_dim", "layer_types", "max_window_layers"):
         cfg["text_config"].pop(derived, None)
-    cfg["vision_config"].update(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536,
-                                initializer_range=0.02)
+    cfg["vision_config"].update(
+        depth=32,
+        embed_dim=1280,
+        num_heads=16,
+        mlp_ratio=4,
+        hidden_size=1536,
+        initializer_range=0.02,
+    )
     with torch.device(device):
         model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**cfg)).to(torch.bfloat16)
-    model.generation_config = Qwen2VLForConditionalGeneration.from_pretrained(tiny).generation_config
+    model.generation_config = Qwen2VLForConditionalGeneration.from_pretrained(
+        tiny
+    ).generation_config
     model.save_pretrained(out)
     for f in tiny.iterdir():
         if f.is_file() and not (out / f.name).exists():
@@ -244,9 +308,8 @@ def real_size_qwen2vl(tiny: Path, out: Path, device: str) -> Path:
 
 
 def bench_transformers(args) -> None:
-    from rare_objects.vlm import make_captioner
-
-    from rare_objects.models import resolve_device
+    from rare_objects.backends.captioning import make_captioner
+    from rare_objects.runtime.models import resolve_device
 
     tiny = Path(args.vlm) if args.vlm and args.vlm != "qwen2-vl-2b" else find_demo_vlm()
     if tiny is None:
@@ -256,7 +319,9 @@ def bench_transformers(args) -> None:
     if args.vlm == "qwen2-vl-2b":
         import tempfile
 
-        model = real_size_qwen2vl(tiny, Path(tempfile.mkdtemp(prefix="rom-bench-vlm-")), resolve_device("auto"))
+        model = real_size_qwen2vl(
+            tiny, Path(tempfile.mkdtemp(prefix="rom-bench-vlm-")), resolve_device("auto")
+        )
     own = {"model": str(model)}
     if args.vlm_batch:
         own["batch_size"] = args.vlm_batch
@@ -267,27 +332,40 @@ def bench_transformers(args) -> None:
     results = captioner.caption(crops)
     wall = time.perf_counter() - t0
     failed = sum(not isinstance(r, str) for r in results)
-    print(f"transformers backend: {model.name} on {captioner.device} ({str(captioner.dtype).removeprefix('torch.')}), "
-          f"batch size chosen {captioner.batch_size}: {len(crops)} captions in {wall:.2f} s = "
-          f"{len(crops) / wall:.1f} captions/s, {failed} failed")
+    print(
+        f"transformers backend: {model.name} on {captioner.device} ({str(captioner.dtype).removeprefix('torch.')}), "
+        f"batch size chosen {captioner.batch_size}: {len(crops)} captions in {wall:.2f} s = "
+        f"{len(crops) / wall:.1f} captions/s, {failed} failed"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=200)
-    parser.add_argument("--server-parallel", type=int, default=0, help="requests served at once (0: unlimited)")
+    parser.add_argument(
+        "--server-parallel", type=int, default=0, help="requests served at once (0: unlimited)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 32, 64, 256])
-    parser.add_argument("--requests-per-slot", type=int, default=8, help="captions per concurrency slot")
+    parser.add_argument(
+        "--requests-per-slot", type=int, default=8, help="captions per concurrency slot"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--vlm", default=None, help="demo VLM folder (default: the test cache's), or qwen2-vl-2b")
+    parser.add_argument(
+        "--vlm", default=None, help="demo VLM folder (default: the test cache's), or qwen2-vl-2b"
+    )
     parser.add_argument("--vlm-crops", type=int, default=32)
-    parser.add_argument("--vlm-batch", type=int, default=None, help="default: the schema's batch size")
+    parser.add_argument(
+        "--vlm-batch", type=int, default=None, help="default: the schema's batch size"
+    )
     parser.add_argument("--skip-transformers", action="store_true")
-    parser.add_argument("--official-client", action="store_true",
-                        help="also time the official openai client (AsyncOpenAI) the same way, for comparison "
-                             "(needs `pip install openai==3.51.0`; not a project dependency)")
+    parser.add_argument(
+        "--official-client",
+        action="store_true",
+        help="also time the official openai client (AsyncOpenAI) the same way, for comparison "
+        "(needs `pip install openai==3.51.0`; not a project dependency)",
+    )
     args = parser.parse_args()
-    from rare_objects import offline
+    from rare_objects.runtime import offline
 
     offline.configure(REPO / ".cache" / "bench")
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")

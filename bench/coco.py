@@ -13,7 +13,7 @@ runs in its own child process, so each peak-RSS figure is that part alone:
 2. the same pass with the COCO writer of every object (``objects: [all]``, the
    worst case: 1,000,000 annotations);
 3. the same pass with the COCO writer of the default set (``[selected]``);
-4. the training-selection rule's work (:func:`rare_objects.training_selection.training_selection`,
+4. the training-selection rule's work (:func:`rare_objects.stages.training_selection.training_selection`,
    mined = final outliers, the default; a 25 % budget) on the same tables.
 
 The passes must write byte-identical detection_results.json and target files.
@@ -39,16 +39,29 @@ def _image_tables(root: str) -> None:
     import pandas as pd
     import pyarrow as pa
 
-    from rare_objects import schemas
+    from rare_objects.io import schemas
 
     for path in sorted((Path(root) / "detections").glob("*.parquet")):
-        objects = pd.read_parquet(path, columns=["image_id", "shard", "image_path", "sample_token", "camera",
-                                                 "image_width", "image_height"])
+        objects = pd.read_parquet(
+            path,
+            columns=[
+                "image_id",
+                "shard",
+                "image_path",
+                "sample_token",
+                "camera",
+                "image_width",
+                "image_height",
+            ],
+        )
         images = objects.groupby("image_id", sort=True).first().reset_index()
         images["n_objects"] = objects.groupby("image_id", sort=True).size().to_numpy()
         images["status"] = "ok"
-        schemas.write_table(pa.Table.from_pandas(images, preserve_index=False), schemas.IMAGES,
-                            Path(root) / "images" / path.name)
+        schemas.write_table(
+            pa.Table.from_pandas(images, preserve_index=False),
+            schemas.IMAGES,
+            Path(root) / "images" / path.name,
+        )
 
 
 class _Timed:
@@ -76,37 +89,70 @@ class _Timed:
 
 
 def _export(root: str, out: str, coco_objects: list[str] | None) -> dict:
-    from rare_objects import coco, export
+    from rare_objects import export
+    from rare_objects.export import coco
 
     detections, paths = _inputs(Path(root))
     out = Path(out)
-    tables = export.read_object_tables(paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"])
-    writers = [_Timed(coco.CocoWriter(out / "coco_detections.json", objects=coco_objects, data_root="/data/nuscenes"))] \
-        if coco_objects else []
+    tables = export.read_object_tables(
+        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
+    )
+    writers = (
+        [
+            _Timed(
+                coco.CocoWriter(
+                    out / "coco_detections.json", objects=coco_objects, data_root="/data/nuscenes"
+                )
+            )
+        ]
+        if coco_objects
+        else []
+    )
     start = time.process_time()
     export.export_shards(
-        detections, tables, TARGETS, out, out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS], SWITCHES, max_inliers=200, seed=0, link_mode="symlink",
+        detections,
+        tables,
+        TARGETS,
+        out,
+        out / "detection_results.json",
+        [out / f"{t}_results.json" for t in TARGETS],
+        SWITCHES,
+        max_inliers=200,
+        seed=0,
+        link_mode="symlink",
         writers=writers,
     )
     figures = {"cpu_s": time.process_time() - start}
     if writers:
-        figures.update(annotations=writers[0].writer.n_annotations, images=writers[0].writer.n_images,
-                       writer_cpu_s=writers[0].cpu_s)
+        figures.update(
+            annotations=writers[0].writer.n_annotations,
+            images=writers[0].writer.n_images,
+            writer_cpu_s=writers[0].cpu_s,
+        )
     return figures
 
 
 def _training_selection(root: str, out: str) -> dict:
-    from rare_objects import training_selection as ts
+    from rare_objects.stages import training_selection as ts
 
     root, out = Path(root), Path(out)
     table, summary = ts.training_selection(
-        sorted((root / "images").glob("*.parquet")), sorted((root / "detections").glob("*.parquet")),
-        root / "outliers.parquet", root / "concepts.parquet", "nuscenes",
-        {"mined": ["final_outliers"], "budget_fraction": 0.25, "budget_count": None}, TARGETS, seed=0,
+        sorted((root / "images").glob("*.parquet")),
+        sorted((root / "detections").glob("*.parquet")),
+        root / "outliers.parquet",
+        root / "concepts.parquet",
+        "nuscenes",
+        {"mined": ["final_outliers"], "budget_fraction": 0.25, "budget_count": None},
+        TARGETS,
+        seed=0,
     )
-    ts.write_outputs(table, summary, out / "training_selection.parquet", out / "training_selection.csv",
-                     out / "training_selection_summary.json")
+    ts.write_outputs(
+        table,
+        summary,
+        out / "training_selection.parquet",
+        out / "training_selection.csv",
+        out / "training_selection_summary.json",
+    )
     return {k: v for k, v in summary.items() if k != "class_counts"}
 
 
@@ -128,36 +174,52 @@ def main() -> None:
         tmp = Path(tmp)
         (n, shards), seconds, _ = run_isolated(_generate, str(tmp / "in"), args.n, args.seed)
         run_isolated(_image_tables, str(tmp / "in"))
-        print(f"data: {n:,} objects in {shards} detection shards, 5% outliers, 2,000 selected (generated in {seconds:.0f} s)")
+        print(
+            f"data: {n:,} objects in {shards} detection shards, 5% outliers, 2,000 selected (generated in {seconds:.0f} s)"
+        )
         base, base_s, base_rss = run_isolated(_export, str(tmp / "in"), str(tmp / "plain"), None)
-        print(f"baseline export_shards without the COCO writer: {base_s:.1f} s ({base['cpu_s']:.1f} s CPU), "
-              f"peak RSS {base_rss / GIB:.2f} GiB")
+        print(
+            f"baseline export_shards without the COCO writer: {base_s:.1f} s ({base['cpu_s']:.1f} s CPU), "
+            f"peak RSS {base_rss / GIB:.2f} GiB"
+        )
         written = {}
         for name, objects in (("all", ["all"]), ("selected", ["selected"])):
             figures, s, rss = run_isolated(_export, str(tmp / "in"), str(tmp / name), objects)
             annotations, images = figures["annotations"], figures["images"]
             size = (tmp / name / "coco_detections.json").stat().st_size / GIB
-            print(f"with the COCO writer, objects [{name}]: {s:.1f} s ({figures['cpu_s']:.1f} s CPU), "
-                  f"peak RSS {rss / GIB:.2f} GiB; {annotations:,} annotations on {images:,} images, "
-                  f"coco_detections.json {size:.3f} GiB")
-            print(f"  ratio against the baseline: wall time {s / base_s:.2f}, CPU time {figures['cpu_s'] / base['cpu_s']:.2f}, "
-                  f"peak RSS {rss / base_rss:.2f}; CPU in the COCO writer itself {figures['writer_cpu_s']:.1f} s "
-                  f"({figures['writer_cpu_s'] / base['cpu_s']:.1%} of the baseline pass)")
+            print(
+                f"with the COCO writer, objects [{name}]: {s:.1f} s ({figures['cpu_s']:.1f} s CPU), "
+                f"peak RSS {rss / GIB:.2f} GiB; {annotations:,} annotations on {images:,} images, "
+                f"coco_detections.json {size:.3f} GiB"
+            )
+            print(
+                f"  ratio against the baseline: wall time {s / base_s:.2f}, CPU time {figures['cpu_s'] / base['cpu_s']:.2f}, "
+                f"peak RSS {rss / base_rss:.2f}; CPU in the COCO writer itself {figures['writer_cpu_s']:.1f} s "
+                f"({figures['writer_cpu_s'] / base['cpu_s']:.1%} of the baseline pass)"
+            )
             names = ["detection_results.json", *(f"{t}_results.json" for t in TARGETS)]
             same = all(filecmp.cmp(tmp / "plain" / f, tmp / name / f, shallow=False) for f in names)
             print(f"  detection_results.json and target files identical to the baseline's: {same}")
             written[name] = (annotations, images)
         summary, s, rss = run_isolated(_training_selection, str(tmp / "in"), str(tmp / "selection"))
-        print(f"training selection (mined: final outliers, budget 25 %): {s:.1f} s, peak RSS {rss / GIB:.2f} GiB; "
-              f"{summary['selected_samples']:,} of {summary['total_samples']:,} samples, "
-              f"{summary['mined_samples']:,} mined, over budget: {summary['over_budget']}")
-        print(f"  ratio against the baseline export: time {s / base_s:.2f}, peak RSS {rss / base_rss:.2f}")
+        print(
+            f"training selection (mined: final outliers, budget 25 %): {s:.1f} s, peak RSS {rss / GIB:.2f} GiB; "
+            f"{summary['selected_samples']:,} of {summary['total_samples']:,} samples, "
+            f"{summary['mined_samples']:,} mined, over budget: {summary['over_budget']}"
+        )
+        print(
+            f"  ratio against the baseline export: time {s / base_s:.2f}, peak RSS {rss / base_rss:.2f}"
+        )
         # Parsed last, in a child: a parent that had held the parsed file would pass its
         # peak RSS on to every later child (Linux keeps the maximum across fork and exec).
-        (n_annotations, n_images), s, rss = run_isolated(_parse, str(tmp / "all" / "coco_detections.json"))
+        (n_annotations, n_images), s, rss = run_isolated(
+            _parse, str(tmp / "all" / "coco_detections.json")
+        )
         ok = (n_annotations, n_images) == written["all"] and n_annotations == n
-        print(f"the [all] file parses as JSON (json.load, {s:.1f} s, peak RSS {rss / GIB:.2f} GiB): "
-              f"{n_annotations:,} annotations on {n_images:,} images, as written and one per object: {ok}")
+        print(
+            f"the [all] file parses as JSON (json.load, {s:.1f} s, peak RSS {rss / GIB:.2f} GiB): "
+            f"{n_annotations:,} annotations on {n_images:,} images, as written and one per object: {ok}"
+        )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

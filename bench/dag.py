@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from rare_objects.synthetic_nuscenes import write_dataroot  # noqa: E402
+from rare_objects.demo.synthetic_nuscenes import write_dataroot  # noqa: E402
 
 
 def write_config(workdir: Path, dataroot: Path) -> Path:
@@ -34,7 +34,12 @@ def write_config(workdir: Path, dataroot: Path) -> Path:
     config = {
         "results": str(workdir / "results"),
         "device": "cpu",
-        "input": {"kind": "nuscenes", "path": str(dataroot), "shard_size": 500, "nuscenes": {"version": "v1.0-trainval"}},
+        "input": {
+            "kind": "nuscenes",
+            "path": str(dataroot),
+            "shard_size": 500,
+            "nuscenes": {"version": "v1.0-trainval"},
+        },
         "demo": {"models_dir": str(models)},
         "detector": {"weights": str(models / "detector.pt")},
         "embedder": {"preset": "demo"},
@@ -48,10 +53,17 @@ def write_config(workdir: Path, dataroot: Path) -> Path:
 def dry_run(workdir: Path, config: Path) -> tuple[float, str]:
     command = [
         str(Path(sys.executable).with_name("snakemake")),
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config),
-        "--dry-run", "--quiet", "rules", "--cores", "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--dry-run",
+        "--quiet",
+        "rules",
+        "--cores",
+        "2",
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -72,7 +84,13 @@ def jobs(table: str, rule: str) -> int:
 def measure(root: Path, scenes: int, keyframes: int) -> tuple[float, float, int, str]:
     dataroot = root / "nuscenes"
     start = time.perf_counter()
-    write_dataroot(dataroot, version="v1.0-trainval", scenes=scenes, keyframes_per_scene=keyframes, sweeps_per_keyframe=0)
+    write_dataroot(
+        dataroot,
+        version="v1.0-trainval",
+        scenes=scenes,
+        keyframes_per_scene=keyframes,
+        sweeps_per_keyframe=0,
+    )
     written = time.perf_counter() - start
     config = write_config(root, dataroot)
     first, table = dry_run(root, config)  # builds the cached manifest
@@ -93,11 +111,21 @@ def main() -> None:
         full = Path(tmp) / "full"
         full.mkdir()
         f_first, f_second, f_images, table = measure(full, args.scenes, args.keyframes)
-    print(f"baseline: {b_images} images, dry run {b_first:.2f} s (manifest built) / {b_second:.2f} s (cached)")
-    print(f"full:     {f_images} images, dry run {f_first:.2f} s (manifest built) / {f_second:.2f} s (cached)")
-    print(f"detect jobs {jobs(table, 'detect')}, embed jobs {jobs(table, 'embed')}, total {jobs(table, 'total')}")
-    print(f"ratio full/baseline (cached): {f_second / b_second:.2f} for {f_images / b_images:.0f}x the images")
-    print(f"target <= 20 s: {'met' if f_first <= 20 else 'MISSED'} ({f_first:.2f} s with a cold manifest)")
+    print(
+        f"baseline: {b_images} images, dry run {b_first:.2f} s (manifest built) / {b_second:.2f} s (cached)"
+    )
+    print(
+        f"full:     {f_images} images, dry run {f_first:.2f} s (manifest built) / {f_second:.2f} s (cached)"
+    )
+    print(
+        f"detect jobs {jobs(table, 'detect')}, embed jobs {jobs(table, 'embed')}, total {jobs(table, 'total')}"
+    )
+    print(
+        f"ratio full/baseline (cached): {f_second / b_second:.2f} for {f_images / b_images:.0f}x the images"
+    )
+    print(
+        f"target <= 20 s: {'met' if f_first <= 20 else 'MISSED'} ({f_first:.2f} s with a cold manifest)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def _generate(path: str, n: int, dim: int, seed: int) -> int:
 def _filter(path: str, out: str, m: int | None, threshold: float, cap: int, exact: bool):
     X = np.load(path, mmap_mode="r")
     X = np.ascontiguousarray(X if m is None else X[:m])
-    from rare_objects.diversity import diversity_filter
+    from rare_objects.stages.diversity import diversity_filter
 
     # Priority as the workflow passes it: the LOF score; any fixed numbers do here.
     priority = np.random.default_rng(1).random(len(X)).astype(np.float32)
     exact_max = len(X) if exact else 0
-    labels, keep, _ = diversity_filter(X, priority, threshold=threshold, max_per_cluster=cap, exact_max=exact_max)
+    labels, keep, _ = diversity_filter(
+        X, priority, threshold=threshold, max_per_cluster=cap, exact_max=exact_max
+    )
     np.savez(out, labels=labels, keep=keep)
 
 
@@ -60,14 +62,18 @@ def _pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--subset", type=int, default=50_000, help="rows of the exact baseline")
     parser.add_argument("--threshold", type=float, default=0.95, help="cosine similarity threshold")
     parser.add_argument("--cap", type=int, default=3, help="max_per_cluster")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None, help="where the generated matrix is kept (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the generated matrix is kept (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     subset = min(args.subset, args.n)
 
@@ -79,7 +85,9 @@ def main(argv=None) -> None:
         print(f"threshold {args.threshold}, max_per_cluster {args.cap}")
 
         full = os.path.join(tmp, "full.npz")
-        _, full_s, full_rss = run_isolated(_filter, data, full, None, args.threshold, args.cap, False)
+        _, full_s, full_rss = run_isolated(
+            _filter, data, full, None, args.threshold, args.cap, False
+        )
         f = np.load(full)
         print(
             f"diversity_filter approximate, n={n:,}: {full_s:.1f} s, peak RSS {full_rss / GIB:.2f} GiB;"
@@ -87,12 +95,18 @@ def main(argv=None) -> None:
         )
 
         exact = os.path.join(tmp, "exact.npz")
-        _, exact_s, exact_rss = run_isolated(_filter, data, exact, subset, args.threshold, args.cap, True)
-        print(f"baseline exact blocked path, n={subset:,}: {exact_s:.1f} s, peak RSS {exact_rss / GIB:.2f} GiB")
+        _, exact_s, exact_rss = run_isolated(
+            _filter, data, exact, subset, args.threshold, args.cap, True
+        )
+        print(
+            f"baseline exact blocked path, n={subset:,}: {exact_s:.1f} s, peak RSS {exact_rss / GIB:.2f} GiB"
+        )
         print(f"time ratio approximate n={n:,} / exact n={subset:,}: {full_s / exact_s:.2f}")
 
         approx = os.path.join(tmp, "approx.npz")
-        _, approx_s, _ = run_isolated(_filter, data, approx, subset, args.threshold, args.cap, False)
+        _, approx_s, _ = run_isolated(
+            _filter, data, approx, subset, args.threshold, args.cap, False
+        )
         a, e = np.load(approx), np.load(exact)
         print(
             f"approximate path forced on the n={subset:,} subset: {approx_s:.1f} s ({approx_s / exact_s:.2f}x exact);"

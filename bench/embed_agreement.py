@@ -41,7 +41,7 @@ def compare(clip, pil_images, boxes_per_image):
     import numpy as np
     import torch
 
-    from rare_objects import images
+    from rare_objects.io import images
 
     fast, reference, level_diff = [], [], []
     std = clip._std.flatten().cpu().numpy()[None, :, None, None]
@@ -51,14 +51,19 @@ def compare(clip, pil_images, boxes_per_image):
         batch = clip.crop_batch(np.asarray(image), boxes)
         crops = [images.crop(image, box) for box in boxes]
         inputs = torch.stack([clip.preprocess(c) for c in crops])
-        level_diff.append((np.abs(batch.cpu().numpy() - inputs.numpy()) * std * 255).mean(axis=(1, 2, 3)))
+        level_diff.append(
+            (np.abs(batch.cpu().numpy() - inputs.numpy()) * std * 255).mean(axis=(1, 2, 3))
+        )
         fast.append(clip.encode_batch(batch))
         reference.append(clip.encode_images(crops))
     fast, reference = np.concatenate(fast), np.concatenate(reference)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     fast, reference = unit(fast), unit(reference)
-    return ((fast * reference).sum(axis=1), (reference * np.roll(reference, 1, axis=0)).sum(axis=1),
-            np.concatenate(level_diff))
+    return (
+        (fast * reference).sum(axis=1),
+        (reference * np.roll(reference, 1, axis=0)).sum(axis=1),
+        np.concatenate(level_diff),
+    )
 
 
 def summary(name: str, result) -> str:
@@ -66,12 +71,14 @@ def summary(name: str, result) -> str:
 
     cos, unrelated, levels = result
     verdict = "met" if cos.mean() >= 0.995 else "MISSED"
-    return (f"{name}: {len(cos)} crops\n"
-            f"  cosine stage vs open_clip: mean {cos.mean():.5f}, 1st percentile {np.percentile(cos, 1):.5f}, "
-            f"min {cos.min():.5f} (target mean >= 0.995: {verdict})\n"
-            f"  for scale, cosine of unrelated crops (open_clip): mean {unrelated.mean():.5f}\n"
-            f"  model input difference: mean {levels.mean():.2f} 8-bit levels per value "
-            f"(99th percentile of crops {np.percentile(levels, 99):.2f})")
+    return (
+        f"{name}: {len(cos)} crops\n"
+        f"  cosine stage vs open_clip: mean {cos.mean():.5f}, 1st percentile {np.percentile(cos, 1):.5f}, "
+        f"min {cos.min():.5f} (target mean >= 0.995: {verdict})\n"
+        f"  for scale, cosine of unrelated crops (open_clip): mean {unrelated.mean():.5f}\n"
+        f"  model input difference: mean {levels.mean():.2f} 8-bit levels per value "
+        f"(99th percentile of crops {np.percentile(levels, 99):.2f})"
+    )
 
 
 def device_ops(clip, image, n_boxes: int) -> int:
@@ -96,14 +103,15 @@ def main() -> None:
     parser.add_argument("--random-crops", type=int, default=256)
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
-    from rare_objects import offline
+    from rare_objects.runtime import offline
 
     offline.configure(REPO / ".cache" / "bench")
     import numpy as np
     import torch
 
-    from rare_objects import images, models
-    from rare_objects.demo_scenes import generate_scenes
+    from rare_objects.demo.scenes import generate_scenes
+    from rare_objects.io import images
+    from rare_objects.runtime import models
 
     print(f"machine: {machine()}")
     cache = Path(os.environ.get("RARE_OBJECTS_TEST_CACHE", REPO / "tests" / ".cache"))
@@ -111,7 +119,9 @@ def main() -> None:
         truth = generate_scenes(tmp, n_images=args.images, seed=args.seed, folders=1)
         paths = list(dict.fromkeys(truth["image_path"]))
         pil = [images.open_rgb(Path(tmp) / p) for p in paths]
-        gt_boxes = [truth.loc[truth["image_path"] == p, ["x1", "y1", "x2", "y2"]].to_numpy() for p in paths]
+        gt_boxes = [
+            truth.loc[truth["image_path"] == p, ["x1", "y1", "x2", "y2"]].to_numpy() for p in paths
+        ]
 
         demo_ckpt = cache / "models" / "clip-tiny.pt"
         if demo_ckpt.exists():
@@ -130,7 +140,12 @@ def main() -> None:
             size = np.exp(rng.uniform(np.log(4), np.log(600), size=(per_image, 2)))
             xy = rng.uniform(0, 1, size=(per_image, 2)) * np.maximum([width, height] - size, 1)
             random_boxes.append(np.concatenate([xy, xy + size], axis=1))
-        print(summary(f"generated crops (4-600 px), {vit.identity} random weights", compare(vit, pil, random_boxes)))
+        print(
+            summary(
+                f"generated crops (4-600 px), {vit.identity} random weights",
+                compare(vit, pil, random_boxes),
+            )
+        )
 
         frame = np.asarray(pil[0])
         counts = {n: device_ops(vit, frame, n) for n in (8, 64)}

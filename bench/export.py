@@ -32,10 +32,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GIB, machine, run_isolated  # noqa: E402
 
-TARGETS = {"trailer": ["truck"], "construction_vehicle": ["truck", "bus"], "bicycle": ["bicycle", "motorcycle"]}
+TARGETS = {
+    "trailer": ["truck"],
+    "construction_vehicle": ["truck", "bus"],
+    "bicycle": ["bicycle", "motorcycle"],
+}
 CLASSES = ["car", "truck", "bus", "person", "bicycle", "motorcycle", "traffic light", "stop sign"]
-SWITCHES = {"save_crops": False, "save_descriptions": False, "save_probability_plots": False,
-            "keep_cropped_objects": False}
+SWITCHES = {
+    "save_crops": False,
+    "save_descriptions": False,
+    "save_probability_plots": False,
+    "keep_cropped_objects": False,
+}
 IMAGES_PER_SHARD = 240
 
 
@@ -43,7 +51,7 @@ def _generate(root: str, n: int, seed: int) -> int:
     import pandas as pd
     import pyarrow as pa
 
-    from rare_objects import schemas
+    from rare_objects.io import schemas
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -53,20 +61,43 @@ def _generate(root: str, n: int, seed: int) -> int:
     image_of = np.repeat(np.arange(len(per_image)), per_image)
     rank = np.concatenate([np.arange(k) for k in per_image]).astype(np.int16)
     image_id = np.char.add("img", np.char.zfill(image_of.astype(str), 9))
-    cameras = np.array(["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"])
+    cameras = np.array(
+        [
+            "CAM_FRONT",
+            "CAM_FRONT_LEFT",
+            "CAM_FRONT_RIGHT",
+            "CAM_BACK",
+            "CAM_BACK_LEFT",
+            "CAM_BACK_RIGHT",
+        ]
+    )
     camera = cameras[image_of % 6]
     folder = np.char.add("/data/nuscenes/samples/", camera)
     image_path = np.char.add(folder, np.char.add("/n015-2018__", np.char.add(image_id, ".jpg")))
     object_id = np.char.add(np.char.add(image_id, "-"), np.char.zfill(rank.astype(str), 2))
     x1 = rng.uniform(0, 1400, n).astype(np.float32)
     y1 = rng.uniform(0, 700, n).astype(np.float32)
-    frame = pd.DataFrame({
-        "object_id": object_id, "image_id": image_id, "shard": (image_of // IMAGES_PER_SHARD).astype(str),
-        "image_path": image_path, "sample_token": np.char.add("token", (image_of // 6).astype(str)), "camera": camera,
-        "rank": rank, "class_id": rng.integers(0, len(CLASSES), n).astype(np.int16),
-        "confidence": rng.uniform(0.25, 1, n).astype(np.float32), "x1": x1, "y1": y1, "x2": x1 + 120, "y2": y1 + 90,
-        "image_width": 1600, "image_height": 900, "crop_width": 120, "crop_height": 90,
-    })
+    frame = pd.DataFrame(
+        {
+            "object_id": object_id,
+            "image_id": image_id,
+            "shard": (image_of // IMAGES_PER_SHARD).astype(str),
+            "image_path": image_path,
+            "sample_token": np.char.add("token", (image_of // 6).astype(str)),
+            "camera": camera,
+            "rank": rank,
+            "class_id": rng.integers(0, len(CLASSES), n).astype(np.int16),
+            "confidence": rng.uniform(0.25, 1, n).astype(np.float32),
+            "x1": x1,
+            "y1": y1,
+            "x2": x1 + 120,
+            "y2": y1 + 90,
+            "image_width": 1600,
+            "image_height": 900,
+            "crop_width": 120,
+            "crop_height": 90,
+        }
+    )
     frame["class_name"] = np.array(CLASSES)[frame["class_id"]]
     shards = 0
     for shard, rows in frame.groupby((image_of // IMAGES_PER_SHARD), sort=True):
@@ -74,31 +105,56 @@ def _generate(root: str, n: int, seed: int) -> int:
         schemas.write_table(table, schemas.DETECTIONS, root / "detections" / f"{shard:06d}.parquet")
         shards += 1
     codes = rng.choice([0, 1, 2, 3], size=n, p=[0.95, 0.02, 0.02, 0.01]).astype(np.int8)
-    pd.DataFrame({
-        "object_id": object_id, "class_name": frame["class_name"], "global_score": rng.normal(-1.2, 0.2, n).astype(np.float32),
-        "class_score": rng.normal(-1.2, 0.2, n).astype(np.float32), "global_outlier": codes & 1 > 0,
-        "class_outlier": codes & 2 > 0, "outlier_code": codes, "is_outlier": codes > 0,
-    }).to_parquet(root / "outliers.parquet")
-    picked = rng.choice(np.flatnonzero(codes > 0), size=min(2000, int((codes > 0).sum())), replace=False)
+    pd.DataFrame(
+        {
+            "object_id": object_id,
+            "class_name": frame["class_name"],
+            "global_score": rng.normal(-1.2, 0.2, n).astype(np.float32),
+            "class_score": rng.normal(-1.2, 0.2, n).astype(np.float32),
+            "global_outlier": codes & 1 > 0,
+            "class_outlier": codes & 2 > 0,
+            "outlier_code": codes,
+            "is_outlier": codes > 0,
+        }
+    ).to_parquet(root / "outliers.parquet")
+    picked = rng.choice(
+        np.flatnonzero(codes > 0), size=min(2000, int((codes > 0).sum())), replace=False
+    )
     selected = np.zeros(n, dtype=bool)
     selected[picked] = True
-    pd.DataFrame({"object_id": object_id, "selected": selected,
-                  "reason": np.where(selected, "outlier", "not a candidate")}).to_parquet(root / "selection.parquet")
+    pd.DataFrame(
+        {
+            "object_id": object_id,
+            "selected": selected,
+            "reason": np.where(selected, "outlier", "not a candidate"),
+        }
+    ).to_parquet(root / "selection.parquet")
     ids = object_id[picked]
-    pd.DataFrame({"object_id": ids, "description": [f"an unusual vehicle, number {i}" for i in range(len(ids))],
-                  "error": None}).to_parquet(root / "captions.parquet")
-    pd.DataFrame({
-        "object_id": ids, "top_concept": rng.choice(["trailer", "car", "crane", "cone"], len(ids)),
-        "top_concept_is_common": rng.random(len(ids)) < 0.5, "is_final_outlier": rng.random(len(ids)) < 0.5,
-        "concepts": [["trailer", "car", "crane"]] * len(ids),
-        "probabilities": [np.array([0.5, 0.3, 0.2], np.float32)] * len(ids),
-    }).to_parquet(root / "concepts.parquet")
+    pd.DataFrame(
+        {
+            "object_id": ids,
+            "description": [f"an unusual vehicle, number {i}" for i in range(len(ids))],
+            "error": None,
+        }
+    ).to_parquet(root / "captions.parquet")
+    pd.DataFrame(
+        {
+            "object_id": ids,
+            "top_concept": rng.choice(["trailer", "car", "crane", "cone"], len(ids)),
+            "top_concept_is_common": rng.random(len(ids)) < 0.5,
+            "is_final_outlier": rng.random(len(ids)) < 0.5,
+            "concepts": [["trailer", "car", "crane"]] * len(ids),
+            "probabilities": [np.array([0.5, 0.3, 0.2], np.float32)] * len(ids),
+        }
+    ).to_parquet(root / "concepts.parquet")
     return n, shards
 
 
 def _inputs(root: Path):
     detections = sorted((root / "detections").glob("*.parquet"))
-    return detections, {name: root / f"{name}.parquet" for name in ("outliers", "selection", "captions", "concepts")}
+    return detections, {
+        name: root / f"{name}.parquet" for name in ("outliers", "selection", "captions", "concepts")
+    }
 
 
 def _in_memory(root: str, out: str) -> None:
@@ -110,14 +166,23 @@ def _in_memory(root: str, out: str) -> None:
     out = Path(out)
     frame = export.assemble(
         pd.concat([pd.read_parquet(p) for p in detections], ignore_index=True),
-        pd.read_parquet(paths["outliers"]), TARGETS, pd.read_parquet(paths["selection"]),
-        pd.read_parquet(paths["captions"]), pd.read_parquet(paths["concepts"]),
+        pd.read_parquet(paths["outliers"]),
+        TARGETS,
+        pd.read_parquet(paths["selection"]),
+        pd.read_parquet(paths["captions"]),
+        pd.read_parquet(paths["concepts"]),
     )
-    crop_paths = export.export_tree(frame, out, TARGETS, SWITCHES, link_mode="symlink", max_inliers=200, seed=0)
-    export.write_json_array(export.result_records(frame, crop_paths), out / "detection_results.json")
+    crop_paths = export.export_tree(
+        frame, out, TARGETS, SWITCHES, link_mode="symlink", max_inliers=200, seed=0
+    )
+    export.write_json_array(
+        export.result_records(frame, crop_paths), out / "detection_results.json"
+    )
     for target in TARGETS:
         matching = frame[frame["target_matches"].map(lambda ts, t=target: t in ts)]
-        export.write_json_array(export.result_records(matching, crop_paths), out / f"{target}_results.json")
+        export.write_json_array(
+            export.result_records(matching, crop_paths), out / f"{target}_results.json"
+        )
 
 
 def _streaming(root: str, out: str) -> None:
@@ -125,10 +190,20 @@ def _streaming(root: str, out: str) -> None:
 
     detections, paths = _inputs(Path(root))
     out = Path(out)
-    tables = export.read_object_tables(paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"])
+    tables = export.read_object_tables(
+        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
+    )
     export.export_shards(
-        detections, tables, TARGETS, out, out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS], SWITCHES, max_inliers=200, seed=0, link_mode="symlink",
+        detections,
+        tables,
+        TARGETS,
+        out,
+        out / "detection_results.json",
+        [out / f"{t}_results.json" for t in TARGETS],
+        SWITCHES,
+        max_inliers=200,
+        seed=0,
+        link_mode="symlink",
     )
 
 
@@ -142,17 +217,28 @@ def main() -> None:
         tmp = Path(tmp)
         (n, shards), seconds, _ = run_isolated(_generate, str(tmp / "in"), args.n, args.seed)
         size = sum(p.stat().st_size for p in (tmp / "in").rglob("*.parquet")) / GIB
-        print(f"data: {n:,} objects in {shards} detection shards, 5% outliers; parquet {size:.2f} GiB "
-              f"(generated in {seconds:.0f} s)")
+        print(
+            f"data: {n:,} objects in {shards} detection shards, 5% outliers; parquet {size:.2f} GiB "
+            f"(generated in {seconds:.0f} s)"
+        )
         _, base_s, base_rss = run_isolated(_in_memory, str(tmp / "in"), str(tmp / "memory"))
-        print(f"baseline in-memory export: {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB "
-              f"({base_rss / n:,.0f} bytes per object)")
+        print(
+            f"baseline in-memory export: {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB "
+            f"({base_rss / n:,.0f} bytes per object)"
+        )
         _, stream_s, stream_rss = run_isolated(_streaming, str(tmp / "in"), str(tmp / "stream"))
-        print(f"export_shards (streaming): {stream_s:.1f} s, peak RSS {stream_rss / GIB:.2f} GiB "
-              f"({stream_rss / n:,.0f} bytes per object)")
-        print(f"ratio streaming / in-memory: time {stream_s / base_s:.2f}, peak RSS {stream_rss / base_rss:.2f}")
+        print(
+            f"export_shards (streaming): {stream_s:.1f} s, peak RSS {stream_rss / GIB:.2f} GiB "
+            f"({stream_rss / n:,.0f} bytes per object)"
+        )
+        print(
+            f"ratio streaming / in-memory: time {stream_s / base_s:.2f}, peak RSS {stream_rss / base_rss:.2f}"
+        )
         names = ["detection_results.json", *(f"{t}_results.json" for t in TARGETS)]
-        same = all(filecmp.cmp(tmp / "memory" / name, tmp / "stream" / name, shallow=False) for name in names)
+        same = all(
+            filecmp.cmp(tmp / "memory" / name, tmp / "stream" / name, shallow=False)
+            for name in names
+        )
         results_gib = (tmp / "stream" / "detection_results.json").stat().st_size / GIB
         print(f"outputs identical: {same} (detection_results.json {results_gib:.2f} GiB)")
     print(f"load average at end {os.getloadavg()[0]:.1f}")

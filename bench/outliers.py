@@ -42,7 +42,7 @@ def _generate(path: str, n: int, dim: int, seed: int) -> tuple[int, int]:
 def _lof_full(path: str, out: str, k: int, contamination, sample: int, seed: int):
     """lof_flags on everything (approximate path); keep sampled neighbour lists for the recall."""
     X = np.load(path)
-    import rare_objects.outliers as outliers
+    import rare_objects.stages.outliers as outliers
 
     captured = {}
     real = outliers.approximate_knn
@@ -64,10 +64,12 @@ def _lof_full(path: str, out: str, k: int, contamination, sample: int, seed: int
 
 def _lof_subset(path: str, out: str, m: int, k: int, contamination, exact: bool):
     X = np.ascontiguousarray(np.load(path, mmap_mode="r")[:m])
-    from rare_objects.outliers import lof_flags
+    from rare_objects.stages.outliers import lof_flags
 
     t0 = time.perf_counter()
-    scores, flags = lof_flags(X, n_neighbors=k, contamination=contamination, exact_max=m if exact else 0)
+    scores, flags = lof_flags(
+        X, n_neighbors=k, contamination=contamination, exact_max=m if exact else 0
+    )
     seconds = time.perf_counter() - t0
     np.savez(out, scores=scores, flags=flags)
     return seconds
@@ -86,40 +88,58 @@ def _exact_neighbours(path: str, rows_path: str, k: int):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--subset", type=int, default=100_000, help="rows of the exact baseline")
     parser.add_argument("--k", type=int, default=20, help="LOF n_neighbors")
     parser.add_argument("--contamination", default="0.05")
-    parser.add_argument("--recall-sample", type=int, default=2000, help="rows checked against brute force (0: skip)")
+    parser.add_argument(
+        "--recall-sample", type=int, default=2000, help="rows checked against brute force (0: skip)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None, help="where the generated matrix is kept (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the generated matrix is kept (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
-    contamination = args.contamination if args.contamination == "auto" else float(args.contamination)
+    contamination = (
+        args.contamination if args.contamination == "auto" else float(args.contamination)
+    )
     subset = min(args.subset, args.n)
 
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         data = os.path.join(tmp, "X.npy")
         (n_planted, n), gen_s, _ = run_isolated(_generate, data, args.n, args.dim, args.seed)
-        print(f"data: {n:,} x {args.dim} float32, 200 clusters, {n_planted:,} planted outliers (generated in {gen_s:.0f} s)")
+        print(
+            f"data: {n:,} x {args.dim} float32, 200 clusters, {n_planted:,} planted outliers (generated in {gen_s:.0f} s)"
+        )
 
         full = os.path.join(tmp, "full.npz")
         sample = min(args.recall_sample, n)
-        _, full_s, full_rss = run_isolated(_lof_full, data, full, args.k, contamination, sample, args.seed)
+        _, full_s, full_rss = run_isolated(
+            _lof_full, data, full, args.k, contamination, sample, args.seed
+        )
         print(
             f"lof_flags approximate, n={n:,}: {full_s:.1f} s, peak RSS {full_rss / GIB:.2f} GiB"
             f" (targets: <= 300 s, <= 8 GiB)"
         )
 
         exact = os.path.join(tmp, "exact.npz")
-        _, exact_s, exact_rss = run_isolated(_lof_subset, data, exact, subset, args.k, contamination, True)
-        print(f"baseline exact scikit-learn LOF, n={subset:,}: {exact_s:.1f} s, peak RSS {exact_rss / GIB:.2f} GiB")
+        _, exact_s, exact_rss = run_isolated(
+            _lof_subset, data, exact, subset, args.k, contamination, True
+        )
+        print(
+            f"baseline exact scikit-learn LOF, n={subset:,}: {exact_s:.1f} s, peak RSS {exact_rss / GIB:.2f} GiB"
+        )
         print(f"time ratio approximate n={n:,} / exact n={subset:,}: {full_s / exact_s:.2f}")
 
         approx = os.path.join(tmp, "approx.npz")
-        _, approx_s, approx_rss = run_isolated(_lof_subset, data, approx, subset, args.k, contamination, False)
+        _, approx_s, approx_rss = run_isolated(
+            _lof_subset, data, approx, subset, args.k, contamination, False
+        )
         a, e = np.load(approx), np.load(exact)
         print(
             f"approximate path forced on the n={subset:,} subset: {approx_s:.1f} s ({approx_s / exact_s:.2f}x exact),"
@@ -140,7 +160,9 @@ def main(argv=None) -> None:
             truth, _, _ = run_isolated(_exact_neighbours, data, rows_path, args.k)
             found = f["ind"]
             recall = np.mean([len(set(a_) & set(b_)) / args.k for a_, b_ in zip(found, truth)])
-            print(f"recall@{args.k} of the approximate neighbours, {sample:,} sampled rows of n={n:,}: {recall:.4f}")
+            print(
+                f"recall@{args.k} of the approximate neighbours, {sample:,} sampled rows of n={n:,}: {recall:.4f}"
+            )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

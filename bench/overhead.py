@@ -24,7 +24,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from rare_objects import offline  # noqa: E402
+from rare_objects.runtime import offline  # noqa: E402
 
 
 def find_demo_model(name: str) -> Path | None:
@@ -44,8 +44,12 @@ def synchronize(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
-    parser.add_argument("--detector", default=None, help="a .pt path, or an ultralytics .yaml for random weights")
-    parser.add_argument("--clip", default="demo", help="demo, or an open_clip model name (random weights)")
+    parser.add_argument(
+        "--detector", default=None, help="a .pt path, or an ultralytics .yaml for random weights"
+    )
+    parser.add_argument(
+        "--clip", default="demo", help="demo, or an open_clip model name (random weights)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--detect-batch", type=int, default=8)
     parser.add_argument("--embed-batch", type=int, default=64)
@@ -56,10 +60,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from rare_objects import detection, images, models, sources
-    from rare_objects.demo_scenes import generate_scenes
-    from rare_objects.detection import DetectSettings, detect_images
-    from rare_objects.embedding import embed_objects
+    from rare_objects.demo.scenes import generate_scenes
+    from rare_objects.io import images, sources
+    from rare_objects.runtime import models
+    from rare_objects.stages import detection
+    from rare_objects.stages.detection import DetectSettings, detect_images
+    from rare_objects.stages.embedding import embed_objects
 
     device = models.resolve_device(args.device)
     half = device.startswith("cuda")
@@ -79,19 +85,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate_scenes(tmp, n_images=args.images, seed=123, folders=1)
         manifest = sources.build_manifest(
-            {"kind": "folder", "path": tmp, "extensions": [".jpg"], "max_images": None, "shard_size": 10**9}, seed=0
+            {
+                "kind": "folder",
+                "path": tmp,
+                "extensions": [".jpg"],
+                "max_images": None,
+                "shard_size": 10**9,
+            },
+            seed=0,
         )
         settings = DetectSettings(
-            conf=1e-9 if random_detector else 0.25, batch_size=args.detect_batch, device=device, half=half
+            conf=1e-9 if random_detector else 0.25,
+            batch_size=args.detect_batch,
+            device=device,
+            half=half,
         )
         # Warm-up: first calls build kernels and caches that neither side should pay.
-        detect_images(manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers)
+        detect_images(
+            manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers
+        )
 
         stage_times, floor_times, predictor_times = [], [], []
         for _ in range(args.repeats):
             synchronize(device)
             start = time.perf_counter()
-            detections, _, _ = detect_images(manifest, detector, settings, loader_workers=args.workers)
+            detections, _, _ = detect_images(
+                manifest, detector, settings, loader_workers=args.workers
+            )
             synchronize(device)
             stage_times.append(time.perf_counter() - start)
             # The stage as it was before the batched path: every batch through model.predict.
@@ -101,33 +121,57 @@ def main() -> None:
                 detect_images(manifest, detector, settings, loader_workers=args.workers)
                 synchronize(device)
                 predictor_times.append(time.perf_counter() - start)
-            decoded = [images.resize_longest(images.open_rgb(p), settings.max_side)[0] for p in manifest["image_path"]]
+            decoded = [
+                images.resize_longest(images.open_rgb(p), settings.max_side)[0]
+                for p in manifest["image_path"]
+            ]
             synchronize(device)
             start = time.perf_counter()
             for i in range(0, len(decoded), settings.batch_size):
                 detector.predict(
-                    decoded[i : i + settings.batch_size], imgsz=settings.imgsz, conf=settings.conf, iou=settings.iou,
-                    max_det=settings.max_det, device=device, half=half, verbose=False,
+                    decoded[i : i + settings.batch_size],
+                    imgsz=settings.imgsz,
+                    conf=settings.conf,
+                    iou=settings.iou,
+                    max_det=settings.max_det,
+                    device=device,
+                    half=half,
+                    verbose=False,
                 )
             synchronize(device)
             floor_times.append(time.perf_counter() - start)
-        detect_stage, detect_floor, detect_predictor = min(stage_times), min(floor_times), min(predictor_times)
+        detect_stage, detect_floor, detect_predictor = (
+            min(stage_times),
+            min(floor_times),
+            min(predictor_times),
+        )
 
         detections = detections.reset_index(drop=True)
         if detections.empty:
-            raise SystemExit("the detector found no objects to embed; use trained weights or a lower conf")
-        embed_objects(detections.head(args.embed_batch), clip, batch_size=args.embed_batch, loader_workers=args.workers)
+            raise SystemExit(
+                "the detector found no objects to embed; use trained weights or a lower conf"
+            )
+        embed_objects(
+            detections.head(args.embed_batch),
+            clip,
+            batch_size=args.embed_batch,
+            loader_workers=args.workers,
+        )
         stage_times, floor_times = [], []
         for _ in range(args.repeats):
             synchronize(device)
             start = time.perf_counter()
-            embed_objects(detections, clip, batch_size=args.embed_batch, loader_workers=args.workers)
+            embed_objects(
+                detections, clip, batch_size=args.embed_batch, loader_workers=args.workers
+            )
             synchronize(device)
             stage_times.append(time.perf_counter() - start)
             # The floor: the same crops, already preprocessed on the model's device, encoded
             # at the same batch sizes.
             crops = [
-                clip.crop_batch(np.asarray(images.open_rgb(path)), rows[["x1", "y1", "x2", "y2"]].to_numpy())
+                clip.crop_batch(
+                    np.asarray(images.open_rgb(path)), rows[["x1", "y1", "x2", "y2"]].to_numpy()
+                )
                 for path, rows in detections.groupby("image_path", sort=False)
             ]
             batch = torch.cat(crops)
@@ -140,14 +184,22 @@ def main() -> None:
         embed_stage, embed_floor = min(stage_times), min(floor_times)
 
     n_objects = len(detections)
-    print(f"device {device}; detector {Path(detector_path).name}; clip {clip.identity}; {args.images} images, {n_objects} objects")
-    print(f"detect: stage {detect_stage:.2f} s, floor {detect_floor:.2f} s, ratio {detect_stage / detect_floor:.3f}, "
-          f"{args.images / detect_stage:.1f} images/s (floor {args.images / detect_floor:.1f})")
-    print(f"detect through model.predict (the stage before its batched path): {detect_predictor:.2f} s, "
-          f"{args.images / detect_predictor:.1f} images/s; batched / predict images/s "
-          f"{detect_predictor / detect_stage:.3f}")
-    print(f"embed:  stage {embed_stage:.2f} s, floor {embed_floor:.2f} s, ratio {embed_stage / embed_floor:.3f}, "
-          f"{n_objects / embed_stage:.1f} crops/s (floor {n_objects / embed_floor:.1f})")
+    print(
+        f"device {device}; detector {Path(detector_path).name}; clip {clip.identity}; {args.images} images, {n_objects} objects"
+    )
+    print(
+        f"detect: stage {detect_stage:.2f} s, floor {detect_floor:.2f} s, ratio {detect_stage / detect_floor:.3f}, "
+        f"{args.images / detect_stage:.1f} images/s (floor {args.images / detect_floor:.1f})"
+    )
+    print(
+        f"detect through model.predict (the stage before its batched path): {detect_predictor:.2f} s, "
+        f"{args.images / detect_predictor:.1f} images/s; batched / predict images/s "
+        f"{detect_predictor / detect_stage:.3f}"
+    )
+    print(
+        f"embed:  stage {embed_stage:.2f} s, floor {embed_floor:.2f} s, ratio {embed_stage / embed_floor:.3f}, "
+        f"{n_objects / embed_stage:.1f} crops/s (floor {n_objects / embed_floor:.1f})"
+    )
     both = (detect_stage + embed_stage) / (detect_floor + embed_floor)
     print(f"detect+embed ratio {both:.3f} (target <= 1.10: {'met' if both <= 1.10 else 'MISSED'})")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from rare_objects import config as config_checks
-from rare_objects import models, sources
+from rare_objects.runtime import config as config_checks
+from rare_objects.runtime import models
+from rare_objects.io import sources
 
 config_checks.validate(config)
 

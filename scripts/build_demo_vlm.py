@@ -4,7 +4,7 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.tiny_vlm import build_tiny_qwen2vl  # noqa: E402
+from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl  # noqa: E402
 
 build_tiny_qwen2vl(
     snakemake.output[0],

@@ -6,8 +6,9 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import images, models, schemas  # noqa: E402
-from rare_objects.detection import DetectSettings, detect_images  # noqa: E402
+from rare_objects.io import images, schemas  # noqa: E402
+from rare_objects.runtime import models  # noqa: E402
+from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
 
 detector_cfg = snakemake.params.detector
 image_cfg = snakemake.params.images
@@ -31,11 +32,33 @@ detections, image_table, rejects = detect_images(
     manifest,
     model,
     settings,
-    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    open_image=lambda p: images.open_rgb(
+        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
+    ),
     loader_workers=image_cfg["loader_workers"],
 )
 meta = {"detector_weights": snakemake.input.weights, "rare_objects_schema": schemas.SCHEMA_VERSION}
-schemas.write_table(schemas.pa.Table.from_pandas(detections, preserve_index=False), schemas.DETECTIONS, snakemake.output.detections, meta)
-schemas.write_table(schemas.pa.Table.from_pandas(image_table, preserve_index=False), schemas.IMAGES, snakemake.output.images, meta)
-schemas.write_table(schemas.pa.Table.from_pandas(rejects, preserve_index=False), schemas.REJECTS, snakemake.output.rejects, meta)
-log.info("shard %s: %d objects, %d rejected images", snakemake.wildcards.shard, len(detections), len(rejects))
+schemas.write_table(
+    detections,
+    schemas.DETECTIONS,
+    snakemake.output.detections,
+    meta,
+)
+schemas.write_table(
+    image_table,
+    schemas.IMAGES,
+    snakemake.output.images,
+    meta,
+)
+schemas.write_table(
+    rejects,
+    schemas.REJECTS,
+    snakemake.output.rejects,
+    meta,
+)
+log.info(
+    "shard %s: %d objects, %d rejected images",
+    snakemake.wildcards.shard,
+    len(detections),
+    len(rejects),
+)

@@ -6,23 +6,40 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import images, models, schemas  # noqa: E402
-from rare_objects.embedding import embed_objects  # noqa: E402
+from rare_objects.io import images, schemas  # noqa: E402
+from rare_objects.runtime import models  # noqa: E402
+from rare_objects.stages.embedding import embed_objects  # noqa: E402
 
 embedder = snakemake.params.embedder
 image_cfg = snakemake.params.images
-clip = models.load_clip(snakemake.params.model, snakemake.params.pretrained, snakemake.params.device, embedder["precision"])
+clip = models.load_clip(
+    snakemake.params.model,
+    snakemake.params.pretrained,
+    snakemake.params.device,
+    embedder["precision"],
+)
 detections = pd.read_parquet(snakemake.input.detections)
-log.info("shard %s: %d objects, model %s on %s", snakemake.wildcards.shard, len(detections), clip.identity, clip.device)
+log.info(
+    "shard %s: %d objects, model %s on %s",
+    snakemake.wildcards.shard,
+    len(detections),
+    clip.identity,
+    clip.device,
+)
 
 table = embed_objects(
     detections,
     clip,
     batch_size=embedder["batch_size"],
-    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    open_image=lambda p: images.open_rgb(
+        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
+    ),
     loader_workers=image_cfg["loader_workers"],
 )
 schemas.write_table(
-    table, schemas.embeddings_schema(clip.dim), snakemake.output[0], {"embedding_model": clip.identity, "dim": clip.dim}
+    table,
+    schemas.embeddings_schema(clip.dim),
+    snakemake.output[0],
+    {"embedding_model": clip.identity, "dim": clip.dim},
 )
 log.info("shard %s: %d embeddings written", snakemake.wildcards.shard, table.num_rows)

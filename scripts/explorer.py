@@ -7,16 +7,20 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import explorer, images  # noqa: E402
+from rare_objects.io import images  # noqa: E402
+from rare_objects.report import explorer  # noqa: E402
 
 settings = snakemake.params.explorer
 image_cfg = snakemake.params.images
 projection = pd.read_parquet(snakemake.input.projection)
 total = int(pq.read_schema(snakemake.input.projection).metadata[b"total_objects"])
 captions = pd.concat(
-    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions], ignore_index=True
+    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions],
+    ignore_index=True,
 )
-concepts = pd.read_parquet(snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"])
+concepts = pd.read_parquet(
+    snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"]
+)
 points = explorer.build_explorer(
     projection,
     snakemake.input.detections,
@@ -26,7 +30,9 @@ points = explorer.build_explorer(
     snakemake.params.targets,
     snakemake.output.html,
     snakemake.output.sprites,
-    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    open_image=lambda p: images.open_rgb(
+        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
+    ),
     total_objects=total,
     thumbnail_size=settings["thumbnail_size"],
     per_sheet=settings["thumbnails_per_sheet"],

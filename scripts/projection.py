@@ -6,10 +6,11 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import projection  # noqa: E402
+from rare_objects.report import projection  # noqa: E402
 
 outliers = pd.read_parquet(
-    snakemake.input.outliers, columns=["object_id", "class_name", "global_score", "class_score", "is_outlier"]
+    snakemake.input.outliers,
+    columns=["object_id", "class_name", "global_score", "class_score", "is_outlier"],
 )
 concepts = pd.read_parquet(snakemake.input.concepts, columns=["object_id", "is_final_outlier"])
 frame = projection.project(
@@ -23,4 +24,9 @@ frame = projection.project(
 )
 projection.write_projection(frame, snakemake.output.table, total_objects=len(outliers))
 projection.plot_projection(frame, snakemake.output.plot, total_objects=len(outliers))
-log.info("%s map of %d objects written to %s", snakemake.params.projection["method"], len(frame), snakemake.output.table)
+log.info(
+    "%s map of %d objects written to %s",
+    snakemake.params.projection["method"],
+    len(frame),
+    snakemake.output.table,
+)

@@ -8,15 +8,21 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import gallery, images  # noqa: E402
+from rare_objects.io import images  # noqa: E402
+from rare_objects.report import gallery  # noqa: E402
 
 settings = snakemake.params.report
 image_cfg = snakemake.params.images
 captions = pd.concat(
-    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions], ignore_index=True
+    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions],
+    ignore_index=True,
 )
-concepts = pd.read_parquet(snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"])
-items = gallery.choose_items(snakemake.input.outliers, concepts, snakemake.params.targets, settings["max_per_group"])
+concepts = pd.read_parquet(
+    snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"]
+)
+items = gallery.choose_items(
+    snakemake.input.outliers, concepts, snakemake.params.targets, settings["max_per_group"]
+)
 log.info("gallery items: %s", items.groupby("gallery").size().to_dict())
 gallery.write_galleries(
     items,
@@ -29,11 +35,15 @@ gallery.write_galleries(
         "targets": snakemake.output.targets,
     },
     snakemake.output.index,
-    open_image=lambda p: images.open_rgb(p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]),
+    open_image=lambda p: images.open_rgb(
+        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
+    ),
     crop_size=settings["crop_size"],
     workers=image_cfg["loader_workers"],
 )
 rejects = pd.concat([pd.read_parquet(p) for p in snakemake.input.rejects], ignore_index=True)
 sections, note = gallery.rejected_frames(rejects, settings["max_rejected_per_reason"])
-Path(snakemake.output.rejected).write_text(gallery.html_tables("Rejected images", sections, note), encoding="utf-8")
+Path(snakemake.output.rejected).write_text(
+    gallery.html_tables("Rejected images", sections, note), encoding="utf-8"
+)
 log.info("%d rejected images tabled", len(rejects))

@@ -6,15 +6,23 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import schemas  # noqa: E402
-from rare_objects.embedding_io import read_embedding_matrix  # noqa: E402
-from rare_objects.selection import select_objects  # noqa: E402
+from rare_objects.io import schemas  # noqa: E402
+from rare_objects.io.embeddings import read_embedding_matrix  # noqa: E402
+from rare_objects.stages.selection import select_objects  # noqa: E402
 
 ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
 columns = ["object_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
-boxes = pd.concat([pd.read_parquet(p, columns=columns) for p in snakemake.input.detections], ignore_index=True)
-flags = pd.read_parquet(snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "global_score"])
-objects = ids[["object_id"]].merge(flags, on="object_id", how="left").merge(boxes, on="object_id", how="left")
+boxes = pd.concat(
+    [pd.read_parquet(p, columns=columns) for p in snakemake.input.detections], ignore_index=True
+)
+flags = pd.read_parquet(
+    snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "global_score"]
+)
+objects = (
+    ids[["object_id"]]
+    .merge(flags, on="object_id", how="left")
+    .merge(boxes, on="object_id", how="left")
+)
 settings = snakemake.params.selection
 table = select_objects(
     objects,
@@ -27,7 +35,11 @@ table = select_objects(
     partitions=snakemake.params.partitions,
     exact_max=snakemake.params.exact_max,
 )
-schemas.write_table(schemas.pa.Table.from_pandas(table, preserve_index=False), schemas.SELECTION, snakemake.output[0])
+schemas.write_table(
+    table,
+    schemas.SELECTION,
+    snakemake.output[0],
+)
 log.info(
     "%d candidates, %d selected (%d for the VLM); reasons: %s",
     int(table["candidate"].sum()),

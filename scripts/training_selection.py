@@ -4,7 +4,7 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects import training_selection as selection  # noqa: E402
+from rare_objects.stages import training_selection as selection  # noqa: E402
 
 table, summary = selection.training_selection(
     snakemake.input.images,
@@ -16,7 +16,9 @@ table, summary = selection.training_selection(
     snakemake.params.targets,
     snakemake.params.seed,
 )
-selection.write_outputs(table, summary, snakemake.output.table, snakemake.output.csv, snakemake.output.summary)
+selection.write_outputs(
+    table, summary, snakemake.output.table, snakemake.output.csv, snakemake.output.summary
+)
 log.info(
     "%d of %d samples chosen (budget %d): %d mined (%s), %d random fill%s",
     summary["selected_samples"],
@@ -25,5 +27,7 @@ log.info(
     summary["mined_samples"],
     ", ".join(summary["mined_from"]),
     summary["random_samples"],
-    "; OVER BUDGET: the mined samples alone exceed it and are all kept" if summary["over_budget"] else "",
+    "; OVER BUDGET: the mined samples alone exceed it and are all kept"
+    if summary["over_budget"]
+    else "",
 )

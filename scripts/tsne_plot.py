@@ -6,11 +6,13 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.embedding_io import read_embedding_matrix  # noqa: E402
-from rare_objects.tsne import plot_tsne  # noqa: E402
+from rare_objects.io.embeddings import read_embedding_matrix  # noqa: E402
+from rare_objects.report.tsne import plot_tsne  # noqa: E402
 
 ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
-flags = pd.read_parquet(snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier"]).set_index("object_id")
+flags = pd.read_parquet(
+    snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier"]
+).set_index("object_id")
 flags = flags.reindex(ids["object_id"])
 plot_tsne(
     matrix,

@@ -21,24 +21,26 @@ sys.path.insert(0, str(REPO / "scripts"))
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
     """The demo's tiny detector, CLIP and trained Qwen2-VL, built once and reused (files in tests/.cache)."""
-    from rare_objects import offline
+    from rare_objects.runtime import offline
 
     offline.configure(CACHE / "libs")
-    from rare_objects.config import defaults
-    from rare_objects.tiny_models import build_demo_clip, build_demo_detector
-    from rare_objects.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.demo.tiny_models import build_demo_clip, build_demo_detector
+    from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.runtime.config import defaults
 
     MODELS.mkdir(parents=True, exist_ok=True)
     build_demo_detector(MODELS / "detector.pt", CACHE / "detector-training", seed=0)
     build_demo_clip(MODELS / "clip-tiny.pt", seed=0)
-    build_tiny_qwen2vl(MODELS / "qwen2vl-tiny", seed=0, train_steps=defaults()["demo"]["vlm_train_steps"])
+    build_tiny_qwen2vl(
+        MODELS / "qwen2vl-tiny", seed=0, train_steps=defaults()["demo"]["vlm_train_steps"]
+    )
     return MODELS
 
 
 @pytest.fixture(scope="session")
 def demo_scene_dir(tmp_path_factory) -> Path:
     """A small set of demo scenes in three folders (with ground truth)."""
-    from rare_objects.demo_scenes import generate_scenes
+    from rare_objects.demo.scenes import generate_scenes
 
     out = tmp_path_factory.mktemp("scenes")
     generate_scenes(out, n_images=18, seed=11)
@@ -64,8 +66,12 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
             "partitions": 2,
             "max_new_tokens": 12,
             "vlm_for": ["targets", "outliers"],
-            "transformers": {"model": str(models / "qwen2vl-tiny"), "batch_size": 4, "min_pixels": 3136,
-                             "max_pixels": 6272},
+            "transformers": {
+                "model": str(models / "qwen2vl-tiny"),
+                "batch_size": 4,
+                "min_pixels": 3136,
+                "max_pixels": 6272,
+            },
         },
         "concepts": {"text_encoder": "clip"},
         "export": {"max_inlier_images": 5},
@@ -78,23 +84,33 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
     return config
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, config: dict, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the repository's workflow in ``workdir`` with ``config``; output is captured."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "run-config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [
         str(SNAKEMAKE),
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config_path),
-        "--cores", "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config_path),
+        "--cores",
+        "2",
         *args,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=1800)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=workdir, timeout=1800
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
     return result
 
 

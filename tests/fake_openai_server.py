@@ -29,8 +29,13 @@ from PIL import Image
 
 
 class FakeOpenAIServer:
-    def __init__(self, faults: dict | None = None, hang_s: float = 1.5, work_s: float = 0.05,
-                 lifetime_s: float = 60.0):
+    def __init__(
+        self,
+        faults: dict | None = None,
+        hang_s: float = 1.5,
+        work_s: float = 0.05,
+        lifetime_s: float = 60.0,
+    ):
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.hang_s = hang_s
         self.work_s = work_s
@@ -52,7 +57,7 @@ class FakeOpenAIServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,8 +71,9 @@ class FakeOpenAIServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._running = True
         self._thread.start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)
@@ -127,9 +133,16 @@ class FakeOpenAIServer:
             with self._lock:
                 queue = self.faults.get(width, [])
                 fault = queue.pop(0) if queue else None
-                self.requests.append({"width": width, "fault": fault, "authorization": auth,
-                                      "model": payload.get("model"), "path": handler.path,
-                                      "connection": handler.client_address})
+                self.requests.append(
+                    {
+                        "width": width,
+                        "fault": fault,
+                        "authorization": auth,
+                        "model": payload.get("model"),
+                        "path": handler.path,
+                        "connection": handler.client_address,
+                    }
+                )
             time.sleep(self.work_s)
             if fault == "timeout":
                 # The client gives up on this request (and may retry) while this handler still
@@ -141,7 +154,9 @@ class FakeOpenAIServer:
                 self._stop.wait(self.hang_s)
                 fault = None  # answers (too late) with a success
             if fault in (500, 502, 503, 429, 400):
-                self._send(handler, fault, json.dumps({"error": {"message": f"injected {fault}"}}).encode())
+                self._send(
+                    handler, fault, json.dumps({"error": {"message": f"injected {fault}"}}).encode()
+                )
             elif fault == 401:
                 message = f"Incorrect API key provided: {(auth or '').removeprefix('Bearer ')}"
                 self._send(handler, 401, json.dumps({"error": {"message": message}}).encode())
@@ -152,9 +167,18 @@ class FakeOpenAIServer:
             elif fault == "no_choices":
                 self._send(handler, 200, json.dumps({"object": "chat.completion"}).encode())
             else:
-                answer = {"id": "cmpl-test", "object": "chat.completion", "model": payload.get("model"),
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": f"object {width}x{height}"}}]}
+                answer = {
+                    "id": "cmpl-test",
+                    "object": "chat.completion",
+                    "model": payload.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"object {width}x{height}"},
+                        }
+                    ],
+                }
                 self._send(handler, 200, json.dumps(answer).encode())
         finally:
             if not hung:

@@ -31,9 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pytest
 import yaml
@@ -458,7 +458,7 @@ def _acquire_machine_lock() -> int:
                 os.close(fd)
                 raise RuntimeError(
                     f"another test session held {LOCK_FILE} (its Slurm test cluster) for {LOCK_TIMEOUT_S}s"
-                )
+                ) from None
             time.sleep(1)
 
 

@@ -10,11 +10,16 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from rare_objects import images as imgs
-from rare_objects.captions import all_failed, caption_objects, simple_caption
-from rare_objects.schemas import CAPTIONS, write_table
+from rare_objects.io import images as imgs
+from rare_objects.io.schemas import CAPTIONS, write_table
+from rare_objects.stages.captions import all_failed, caption_objects, simple_caption
 
-COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 30)}
+COLOURS = {
+    "red": (220, 20, 20),
+    "green": (20, 200, 20),
+    "blue": (20, 20, 220),
+    "yellow": (230, 230, 30),
+}
 
 
 def colour_name(image: Image.Image) -> str:
@@ -56,8 +61,10 @@ def scene(path, boxes_colours, size=(160, 100)):
 
 @pytest.fixture
 def objects(tmp_path):
-    a = scene(tmp_path / "a.jpg", [((10, 10, 50, 40), "red"), ((60, 10, 100, 60), "green"),
-                                   ((110, 20, 150, 90), "blue")])
+    a = scene(
+        tmp_path / "a.jpg",
+        [((10, 10, 50, 40), "red"), ((60, 10, 100, 60), "green"), ((110, 20, 150, 90), "blue")],
+    )
     b = scene(tmp_path / "b.jpg", [((5, 5, 45, 45), "green"), ((50, 50, 90, 90), "yellow")])
     missing = str(tmp_path / "gone.jpg")
     rows = [
@@ -71,17 +78,23 @@ def objects(tmp_path):
         ("x-1", missing, (0, 0, 10, 10), "animal", 0.5, False),
         ("a-3", a, (62, 12, 98, 58), "bus", 0.77, True),
     ]
-    frame = pd.DataFrame(rows, columns=["object_id", "image_path", "bbox", "class_name", "confidence", "needs_vlm"])
+    frame = pd.DataFrame(
+        rows, columns=["object_id", "image_path", "bbox", "class_name", "confidence", "needs_vlm"]
+    )
     frame[["x1", "y1", "x2", "y2"]] = pd.DataFrame(frame.pop("bbox").tolist(), dtype="float32")
     return frame
 
 
 def test_simple_caption_definition():
-    assert simple_caption("construction_vehicle", 0.8712) == \
-        "A construction vehicle detected by YOLO with confidence 0.87."
+    assert (
+        simple_caption("construction_vehicle", 0.8712)
+        == "A construction vehicle detected by YOLO with confidence 0.87."
+    )
     assert simple_caption("animal", 0.5) == "An animal detected by YOLO with confidence 0.50."
-    assert simple_caption("traffic_light", np.float32(0.996)) == \
-        "A traffic light detected by YOLO with confidence 1.00."
+    assert (
+        simple_caption("traffic_light", np.float32(0.996))
+        == "A traffic light detected by YOLO with confidence 1.00."
+    )
 
 
 def test_caption_objects(objects, monkeypatch, tmp_path):
@@ -104,9 +117,15 @@ def test_caption_objects(objects, monkeypatch, tmp_path):
         assert by_id.loc[oid, "backend"] == "fake" and by_id.loc[oid, "model"] == "colour-v1"
 
     # failures are on their rows, with null descriptions; the rest went on
-    assert pd.isna(by_id.loc["a-2", "description"]) and "choked on a blue crop" in by_id.loc["a-2", "error"]
+    assert (
+        pd.isna(by_id.loc["a-2", "description"])
+        and "choked on a blue crop" in by_id.loc["a-2", "error"]
+    )
     assert pd.isna(by_id.loc["b-1", "description"]) and "empty caption" in by_id.loc["b-1", "error"]
-    assert pd.isna(by_id.loc["x-0", "description"]) and "could not be read" in by_id.loc["x-0", "error"]
+    assert (
+        pd.isna(by_id.loc["x-0", "description"])
+        and "could not be read" in by_id.loc["x-0", "error"]
+    )
 
     # simple captions need no image, not even a readable one
     assert by_id.loc["a-1", "description"] == "A truck detected by YOLO with confidence 0.87."
@@ -116,8 +135,9 @@ def test_caption_objects(objects, monkeypatch, tmp_path):
         assert by_id.loc[oid, "backend"] == "simple" and pd.isna(by_id.loc[oid, "model"])
 
     # each image opened once, and only images with VLM objects
-    assert sorted(opened) == sorted({objects.loc[0, "image_path"], objects.loc[1, "image_path"],
-                                     objects.loc[4, "image_path"]})
+    assert sorted(opened) == sorted(
+        {objects.loc[0, "image_path"], objects.loc[1, "image_path"], objects.loc[4, "image_path"]}
+    )
     # crops go in batches of at most batch_size
     assert max(captioner.calls) <= 2 and sum(captioner.calls) == 5
     # progress lines and a summary
@@ -126,7 +146,9 @@ def test_caption_objects(objects, monkeypatch, tmp_path):
     assert "3 failed" in lines[-1]
 
     assert not all_failed(out)
-    write_table(pa.Table.from_pandas(out, preserve_index=False), CAPTIONS, tmp_path / "captions.parquet")
+    write_table(
+        pa.Table.from_pandas(out, preserve_index=False), CAPTIONS, tmp_path / "captions.parquet"
+    )
     back = pd.read_parquet(tmp_path / "captions.parquet")
     assert back["description"].isna().sum() == 3 and back["model"].isna().sum() == 2
 

@@ -10,15 +10,26 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from rare_objects import coco, export
+from rare_objects import export
+from rare_objects.export import coco
 from tests.test_export import SWITCHES, TARGETS, tree_contents, tree_options, write_inputs
 
 
 def run_export(detection_paths, paths, out, writers=()):
-    tables = export.read_object_tables(paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"])
+    tables = export.read_object_tables(
+        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
+    )
     return export.export_shards(
-        detection_paths, tables, TARGETS, out, out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS], SWITCHES, max_inliers=7, seed=3, writers=writers,
+        detection_paths,
+        tables,
+        TARGETS,
+        out,
+        out / "detection_results.json",
+        [out / f"{t}_results.json" for t in TARGETS],
+        SWITCHES,
+        max_inliers=7,
+        seed=3,
+        writers=writers,
         **tree_options(),
     )
 
@@ -39,7 +50,17 @@ IN_SET = {
 }
 
 
-@pytest.mark.parametrize("objects", [["selected"], ["outliers"], ["final_outliers"], ["targets"], ["all"], ["final_outliers", "targets"]])
+@pytest.mark.parametrize(
+    "objects",
+    [
+        ["selected"],
+        ["outliers"],
+        ["final_outliers"],
+        ["targets"],
+        ["all"],
+        ["final_outliers", "targets"],
+    ],
+)
 def test_coco_file_loads_with_pycocotools_and_matches_detection_results(tmp_path, inputs, objects):
     detection_paths, paths = inputs
     out = tmp_path / "out"
@@ -62,11 +83,17 @@ def test_coco_file_loads_with_pycocotools_and_matches_detection_results(tmp_path
         assert annotation["iscrowd"] == 0
         assert annotation["score"] == record["confidence"]
         assert dataset.loadCats(annotation["category_id"])[0]["name"] == record["class_name"]
-        for field, source in [("outlier_code", "outlier_code"), ("global_score", "global_score"),
-                              ("class_score", "class_score"), ("selected", "selected"),
-                              ("selection_reason", "selection_reason"), ("caption", "description"),
-                              ("top_concept", "top_concept"), ("is_final_outlier", "is_final_outlier"),
-                              ("target_matches", "target_matches")]:
+        for field, source in [
+            ("outlier_code", "outlier_code"),
+            ("global_score", "global_score"),
+            ("class_score", "class_score"),
+            ("selected", "selected"),
+            ("selection_reason", "selection_reason"),
+            ("caption", "description"),
+            ("top_concept", "top_concept"),
+            ("is_final_outlier", "is_final_outlier"),
+            ("target_matches", "target_matches"),
+        ]:
             assert annotation[field] == record[source], field
         image = dataset.loadImgs(annotation["image_id"])[0]
         assert not Path(image["file_name"]).is_absolute()
@@ -75,23 +102,36 @@ def test_coco_file_loads_with_pycocotools_and_matches_detection_results(tmp_path
         with Image.open(original) as pixels:
             assert (image["width"], image["height"]) == pixels.size
     # One image entry per original image, however many of its objects are exported.
-    assert len(dataset.getImgIds()) == len({r["original_path"] for r in expected.values()}) == writer.n_images
+    assert (
+        len(dataset.getImgIds())
+        == len({r["original_path"] for r in expected.values()})
+        == writer.n_images
+    )
 
 
 def test_categories_are_the_detectors_classes_seen_in_the_run(tmp_path, inputs):
     detection_paths, paths = inputs
     out = tmp_path / "out"
-    run_export(detection_paths, paths, out, [coco.CocoWriter(out / "coco.json", objects=["final_outliers"])])
+    run_export(
+        detection_paths,
+        paths,
+        out,
+        [coco.CocoWriter(out / "coco.json", objects=["final_outliers"])],
+    )
     written = json.loads((out / "coco.json").read_text())
     results = json.loads((out / "detection_results.json").read_text())
     import pandas as pd
 
     detections = pd.concat([pd.read_parquet(p) for p in detection_paths])
-    expected = sorted({(int(i) + 1, n) for i, n in zip(detections["class_id"], detections["class_name"])})
+    expected = sorted(
+        {(int(i) + 1, n) for i, n in zip(detections["class_id"], detections["class_name"])}
+    )
     assert [(c["id"], c["name"]) for c in written["categories"]] == expected
     # every class of the run, not only those of the (few) exported objects
     assert len(expected) > len({r["class_name"] for r in results if r["is_final_outlier"] is True})
-    assert all(Path(i["file_name"]).is_absolute() for i in written["images"])  # no data root: absolute paths
+    assert all(
+        Path(i["file_name"]).is_absolute() for i in written["images"]
+    )  # no data root: absolute paths
 
 
 def test_categories_are_the_whole_vocabulary_when_given(tmp_path, inputs):
@@ -102,13 +142,22 @@ def test_categories_are_the_whole_vocabulary_when_given(tmp_path, inputs):
     detections = pd.concat([pd.read_parquet(p) for p in detection_paths])
     seen = {int(i): n for i, n in zip(detections["class_id"], detections["class_name"])}
     vocabulary = {**seen, max(seen) + 1: "never_predicted", max(seen) + 7: "car/van"}
-    run_export(detection_paths, paths, out, [coco.CocoWriter(out / "coco.json", categories=vocabulary)])
+    run_export(
+        detection_paths, paths, out, [coco.CocoWriter(out / "coco.json", categories=vocabulary)]
+    )
     written = json.loads((out / "coco.json").read_text())
-    assert [(c["id"], c["name"]) for c in written["categories"]] == [(i + 1, n) for i, n in sorted(vocabulary.items())]
+    assert [(c["id"], c["name"]) for c in written["categories"]] == [
+        (i + 1, n) for i, n in sorted(vocabulary.items())
+    ]
     # a vocabulary that disagrees with the detections' names is an error, not a silent relabel
     wrong = {**vocabulary, min(seen): "renamed"}
     with pytest.raises(ValueError, match="named both"):
-        run_export(detection_paths, paths, tmp_path / "wrong", [coco.CocoWriter(tmp_path / "wrong" / "c.json", categories=wrong)])
+        run_export(
+            detection_paths,
+            paths,
+            tmp_path / "wrong",
+            [coco.CocoWriter(tmp_path / "wrong" / "c.json", categories=wrong)],
+        )
     assert not (tmp_path / "wrong" / "c.json").exists()
 
 
@@ -116,9 +165,18 @@ def test_the_coco_writer_leaves_the_other_outputs_byte_identical(tmp_path, input
     detection_paths, paths = inputs
     run_export(detection_paths, paths, tmp_path / "plain")
     with_coco = tmp_path / "with"
-    run_export(detection_paths, paths, with_coco, [coco.CocoWriter(with_coco / "coco.json", objects=["all"])])
+    run_export(
+        detection_paths,
+        paths,
+        with_coco,
+        [coco.CocoWriter(with_coco / "coco.json", objects=["all"])],
+    )
     plain = tree_contents(tmp_path / "plain")
-    other = {k: v.replace(b"/with/", b"/plain/") for k, v in tree_contents(with_coco).items() if k != "coco.json"}
+    other = {
+        k: v.replace(b"/with/", b"/plain/")
+        for k, v in tree_contents(with_coco).items()
+        if k != "coco.json"
+    }
     assert other == plain
     assert "detection_results.json" in plain and any(k.startswith("outliers/") for k in plain)
 
@@ -154,11 +212,17 @@ def test_unknown_object_sets_and_clashing_class_names_are_refused(tmp_path, inpu
     detection_paths, paths = inputs
     import pandas as pd
 
-    from rare_objects import schemas
+    from rare_objects.io import schemas
 
     frame = pd.read_parquet(detection_paths[0])
     frame["class_id"] = 0  # two class names under one class id
-    schemas.write_table(schemas.pa.Table.from_pandas(frame, preserve_index=False), schemas.DETECTIONS, detection_paths[0])
+    schemas.write_table(
+        schemas.pa.Table.from_pandas(frame, preserve_index=False),
+        schemas.DETECTIONS,
+        detection_paths[0],
+    )
     with pytest.raises(ValueError, match="named both"):
-        run_export(detection_paths, paths, tmp_path / "out", [coco.CocoWriter(tmp_path / "out" / "c.json")])
+        run_export(
+            detection_paths, paths, tmp_path / "out", [coco.CocoWriter(tmp_path / "out" / "c.json")]
+        )
     assert not (tmp_path / "out" / "c.json").exists()

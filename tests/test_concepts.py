@@ -7,24 +7,35 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from rare_objects import offline
-from rare_objects.concepts import (
+from rare_objects.io.schemas import CONCEPTS, write_table
+from rare_objects.runtime import offline
+from rare_objects.stages.concepts import (
     analyse_captions,
     bundled_minilm_dir,
     concept_text,
     similarity_to_probabilities,
 )
-from rare_objects.schemas import CONCEPTS, write_table
 
-CONCEPTS_LIST = ["car", "truck", "bus", "pedestrian", "bicycle", "motorcycle", "construction_vehicle", "trailer",
-                 "traffic_cone", "barrier", "animal"]
+CONCEPTS_LIST = [
+    "car",
+    "truck",
+    "bus",
+    "pedestrian",
+    "bicycle",
+    "motorcycle",
+    "construction_vehicle",
+    "trailer",
+    "traffic_cone",
+    "barrier",
+    "animal",
+]
 COMMON = ["car", "truck", "bus", "pedestrian", "traffic_cone", "barrier"]
 
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     offline.configure(tmp_path_factory.mktemp("cache"))
-    from rare_objects.concepts import SentenceTransformerEncoder
+    from rare_objects.stages.concepts import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder()  # the bundled MiniLM
 
@@ -43,8 +54,14 @@ def test_encoder_output(minilm):
 
 def test_real_captions_rank_the_right_concept_first(minilm, tmp_path):
     captions = pd.Series(
-        ["a yellow excavator digging at a road construction site", "a man riding a bicycle", None, "",
-         "a man riding a bicycle", "A car detected by YOLO with confidence 0.87."],
+        [
+            "a yellow excavator digging at a road construction site",
+            "a man riding a bicycle",
+            None,
+            "",
+            "a man riding a bicycle",
+            "A car detected by YOLO with confidence 0.87.",
+        ],
         index=[10, 11, 12, 13, 14, 15],
     )
     out = analyse_captions(captions, CONCEPTS_LIST, COMMON, minilm)
@@ -67,7 +84,9 @@ def test_real_captions_rank_the_right_concept_first(minilm, tmp_path):
     for i in (12, 13):  # null or empty caption -> nulls, no crash
         assert out.loc[i].isna().all()
 
-    table = pa.Table.from_pandas(out.assign(object_id=[f"o{i}" for i in out.index]), preserve_index=False)
+    table = pa.Table.from_pandas(
+        out.assign(object_id=[f"o{i}" for i in out.index]), preserve_index=False
+    )
     write_table(table, CONCEPTS, tmp_path / "concepts.parquet")
     back = pd.read_parquet(tmp_path / "concepts.parquet")
     assert back["top_concept"].tolist()[:2] == ["construction_vehicle", "bicycle"]
@@ -88,15 +107,21 @@ class FixedEncoder:
 
 
 def test_probabilities_clip_negatives_and_normalise():
-    enc = FixedEncoder({
-        "a photo of a traffic cone": [1, 0, 0],
-        "a photo of a car": [0.6, 0.8, 0],
-        "a photo of a dog": [-1, 0, 0],
-        "orange cone": [1, 0, 0],
-        "nothing alike": [0, 0, 1],
-    })
-    out = analyse_captions(["orange cone", "nothing alike", "orange cone"], ["car", "dog", "traffic_cone"],
-                           ["car"], enc)
+    enc = FixedEncoder(
+        {
+            "a photo of a traffic cone": [1, 0, 0],
+            "a photo of a car": [0.6, 0.8, 0],
+            "a photo of a dog": [-1, 0, 0],
+            "orange cone": [1, 0, 0],
+            "nothing alike": [0, 0, 1],
+        }
+    )
+    out = analyse_captions(
+        ["orange cone", "nothing alike", "orange cone"],
+        ["car", "dog", "traffic_cone"],
+        ["car"],
+        enc,
+    )
     # cos: traffic_cone 1.0, car 0.6, dog -1 -> clipped 0; probabilities 1/1.6, 0.6/1.6, 0
     assert out.loc[0, "concepts"] == ["traffic_cone", "car", "dog"]
     assert out.loc[0, "probabilities"] == pytest.approx([0.625, 0.375, 0.0])
@@ -105,8 +130,10 @@ def test_probabilities_clip_negatives_and_normalise():
     assert out.loc[1, "probabilities"] == [0.0, 0.0, 0.0]
     assert out.loc[1, "concepts"] == ["car", "dog", "traffic_cone"]
     # concepts embedded once, each distinct caption once
-    assert enc.calls == [["a photo of a car", "a photo of a dog", "a photo of a traffic cone"],
-                         ["orange cone", "nothing alike"]]
+    assert enc.calls == [
+        ["a photo of a car", "a photo of a dog", "a photo of a traffic cone"],
+        ["orange cone", "nothing alike"],
+    ]
 
 
 def test_templates_and_edge_cases():

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from rare_objects import config as cfg
+from rare_objects.runtime import config as cfg
 
 
 def _walk(schema, path=""):
@@ -42,7 +42,10 @@ def test_bundled_config_is_valid():
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"input": {"kind": "s3"}}, "input.kind: 's3' is not allowed; use one of 'folder', 'nuscenes'"),
+        (
+            {"input": {"kind": "s3"}},
+            "input.kind: 's3' is not allowed; use one of 'folder', 'nuscenes'",
+        ),
         ({"detector": {"conf": 1.5}}, "detector.conf: 1.5 is greater than the maximum of 1"),
         ({"embedder": {"preset": "vit_h"}}, "embedder.preset: 'vit_h' is not allowed"),
         ({"outliers": {"contamination": 0.9}}, "outliers.contamination"),

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
-from rare_objects import demo_scenes, offline
+from rare_objects.demo import scenes as demo_scenes
+from rare_objects.runtime import offline
 from tests.conftest import CACHE, MODELS, REPO
 
 offline.configure(CACHE / "libs")  # before transformers / open_clip are imported
 
-from rare_objects.config import defaults  # noqa: E402
+from rare_objects.runtime.config import defaults  # noqa: E402
 
 DEMO_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TRAIN_STEPS = defaults()["demo"]["vlm_train_steps"]
@@ -27,13 +28,13 @@ TRAIN_STEPS = defaults()["demo"]["vlm_train_steps"]
 
 @pytest.fixture(scope="module")
 def demo_vlm() -> Path:
-    from rare_objects.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(MODELS / "qwen2vl-tiny", seed=0, train_steps=TRAIN_STEPS)
 
 
 def _captioner(model_dir: Path):
-    from rare_objects.vlm import TransformersCaptioner
+    from rare_objects.backends.captioning import TransformersCaptioner
 
     settings = DEMO_CONFIG["captions"]
     return TransformersCaptioner(
@@ -47,11 +48,17 @@ def _captioner(model_dir: Path):
 
 
 def test_demo_config_sizes_match_the_tiny_vlm():
-    from rare_objects.tiny_vlm import MAX_PIXELS, MIN_PIXELS, build_tiny_qwen2vl  # noqa: F401
+    from rare_objects.demo.tiny_vlm import MAX_PIXELS, MIN_PIXELS, build_tiny_qwen2vl  # noqa: F401
 
     settings = DEMO_CONFIG["captions"]
-    assert (settings["transformers"]["min_pixels"], settings["transformers"]["max_pixels"]) == (MIN_PIXELS, MAX_PIXELS)
-    assert settings["vlm_for"] == ["targets", "outliers"]  # planted objects are outliers, not targets
+    assert (settings["transformers"]["min_pixels"], settings["transformers"]["max_pixels"]) == (
+        MIN_PIXELS,
+        MAX_PIXELS,
+    )
+    assert settings["vlm_for"] == [
+        "targets",
+        "outliers",
+    ]  # planted objects are outliers, not targets
 
 
 def test_trained_vlm_names_the_kind_of_held_out_crops(demo_vlm):
@@ -62,7 +69,9 @@ def test_trained_vlm_names_the_kind_of_held_out_crops(demo_vlm):
     captioner = _captioner(demo_vlm)
     assert sum(p.numel() for p in captioner.model.parameters()) < 1_000_000
     # a seed and a random stream that training never used; half the scenes hold a planted object
-    pairs = list(demo_scenes.object_crops(1234, demo_scenes.STREAM_VLM_HELDOUT, 80, planted_share=0.5))
+    pairs = list(
+        demo_scenes.object_crops(1234, demo_scenes.STREAM_VLM_HELDOUT, 80, planted_share=0.5)
+    )
     captions = captioner.caption([crop for crop, _ in pairs])
     grammar = set(demo_scenes.grammar_captions())
     right, total = collections.Counter(), collections.Counter()
@@ -73,8 +82,10 @@ def test_trained_vlm_names_the_kind_of_held_out_crops(demo_vlm):
         right[group] += demo_scenes.caption_kind(caption) == obj.kind
     in_grammar = np.mean([c in grammar for c in captions])
     accuracy = {g: right[g] / total[g] for g in total}
-    print(f"\ntrained tiny Qwen2-VL on {len(pairs)} held-out crops: kind named {accuracy}, "
-          f"grammar sentences {in_grammar:.2f}; e.g. {captions[:4]}")
+    print(
+        f"\ntrained tiny Qwen2-VL on {len(pairs)} held-out crops: kind named {accuracy}, "
+        f"grammar sentences {in_grammar:.2f}; e.g. {captions[:4]}"
+    )
     assert total["planted"] >= 30
     assert accuracy["ordinary"] >= 0.9
     assert accuracy["planted"] >= 0.8
@@ -82,7 +93,7 @@ def test_trained_vlm_names_the_kind_of_held_out_crops(demo_vlm):
 
 
 def test_trained_vlm_build_is_deterministic(tmp_path):
-    from rare_objects.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
 
     small = dict(train_steps=3, n_scenes=3, batch=4, threads=1)
     a = build_tiny_qwen2vl(tmp_path / "a", seed=5, **small)
@@ -101,7 +112,7 @@ def test_trained_vlm_build_is_deterministic(tmp_path):
 
 
 def test_concepts_rank_the_true_kind_first_for_every_caption_of_the_grammar():
-    from rare_objects.concepts import SentenceTransformerEncoder, analyse_captions
+    from rare_objects.stages.concepts import SentenceTransformerEncoder, analyse_captions
 
     settings = DEMO_CONFIG["concepts"]
     assert settings["text_encoder"] == "minilm"  # the bundled MiniLM, as the workflow loads it
@@ -115,6 +126,10 @@ def test_concepts_rank_the_true_kind_first_for_every_caption_of_the_grammar():
         expected = demo_scenes.PLANTED_KINDS[kind][2] if planted else kind
         assert (top, final) == (expected, planted), (caption, top)
     # the simple caption of objects that get no VLM caption reads as its class too
-    simple = analyse_captions(["A truck detected by YOLO with confidence 0.50."], settings["list"],
-                              settings["common_classes"], encoder)
+    simple = analyse_captions(
+        ["A truck detected by YOLO with confidence 0.50."],
+        settings["list"],
+        settings["common_classes"],
+        encoder,
+    )
     assert simple["top_concept"].iloc[0] == "truck"

@@ -6,7 +6,8 @@ import json
 
 import pandas as pd
 
-from rare_objects import demo_eval, demo_scenes
+from rare_objects.demo import evaluation as demo_eval
+from rare_objects.demo import scenes as demo_scenes
 
 
 def _write(tmp_path):
@@ -31,21 +32,49 @@ def _write(tmp_path):
     truth[demo_scenes.GT_COLUMNS].to_csv(images / demo_scenes.GROUND_TRUTH_NAME, index=False)
 
     def record(image, bbox, object_id, outlier, selected, final, description):
-        return {"original_path": str(images / image), "bbox": bbox, "object_id": object_id, "is_outlier": outlier,
-                "selected": selected, "is_final_outlier": final, "description": description}
+        return {
+            "original_path": str(images / image),
+            "bbox": bbox,
+            "object_id": object_id,
+            "is_outlier": outlier,
+            "selected": selected,
+            "is_final_outlier": final,
+            "description": description,
+        }
 
     results = [
         record("a.jpg", [0, 0, 10, 11], "o1", False, True, False, "a red car"),
-        record("a.jpg", [20, 0, 40, 10], "o2", True, True, True, "a yellow construction vehicle with an excavator arm"),
+        record(
+            "a.jpg",
+            [20, 0, 40, 10],
+            "o2",
+            True,
+            True,
+            True,
+            "a yellow construction vehicle with an excavator arm",
+        ),
         record("b.jpg", [0, 1, 10, 10], "o3", False, True, True, "a bicycle with rainbow wheels"),
-        record("b.jpg", [20, 20, 41, 30], "o4", True, True, False, "A car detected by YOLO with confidence 0.50."),
+        record(
+            "b.jpg",
+            [20, 20, 41, 30],
+            "o4",
+            True,
+            True,
+            False,
+            "A car detected by YOLO with confidence 0.50.",
+        ),
         record("b.jpg", [90, 90, 99, 99], "o5", False, False, None, None),  # no object there
     ]
     results_dir = tmp_path / "results"
     (results_dir / "tables" / "captions").mkdir(parents=True)
     (results_dir / "detection_results.json").write_text(json.dumps(results))
-    pd.DataFrame({"object_id": ["o1", "o2", "o3", "o4"], "caption_kind": ["vlm", "vlm", "vlm", "simple"],
-                  "error": [None] * 4}).to_parquet(results_dir / "tables" / "captions" / "part-0.parquet")
+    pd.DataFrame(
+        {
+            "object_id": ["o1", "o2", "o3", "o4"],
+            "caption_kind": ["vlm", "vlm", "vlm", "simple"],
+            "error": [None] * 4,
+        }
+    ).to_parquet(results_dir / "tables" / "captions" / "part-0.parquet")
     return results_dir, images
 
 
@@ -54,10 +83,17 @@ def test_every_stage_is_counted_for_planted_and_ordinary_objects(tmp_path):
     report = demo_eval.planted_report(results_dir, images)
     assert report["ground_truth_objects"] == 5 and report["detected_share"] == 0.8
     assert report["planted"] == {
-        "objects": 2, "detected": 2, "flagged_outlier": 2, "selected": 2,
+        "objects": 2,
+        "detected": 2,
+        "flagged_outlier": 2,
+        "selected": 2,
         "captioned": 1,  # the zebra car got the simple caption, not a VLM one
-        "captioned_correctly": 1, "final_outliers": 1, "detected_share": 1.0, "outlier_rate": 1.0,
-        "caption_accuracy": 1.0, "final_outlier_share_of_captioned": 1.0,
+        "captioned_correctly": 1,
+        "final_outliers": 1,
+        "detected_share": 1.0,
+        "outlier_rate": 1.0,
+        "caption_accuracy": 1.0,
+        "final_outlier_share_of_captioned": 1.0,
     }
     ordinary = report["ordinary"]
     assert (ordinary["objects"], ordinary["detected"], ordinary["captioned"]) == (3, 2, 2)

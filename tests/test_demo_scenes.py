@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from rare_objects import demo_scenes
+from rare_objects.demo import scenes as demo_scenes
 
 N_IMAGES = 12
 
@@ -32,7 +32,9 @@ def demo(tmp_path_factory):
 
 def test_same_seed_gives_identical_bytes(demo, tmp_path):
     out, _ = demo
-    again = demo_scenes.generate_scenes(tmp_path, N_IMAGES, seed=7, folders=3, planted_fraction=0.25)
+    again = demo_scenes.generate_scenes(
+        tmp_path, N_IMAGES, seed=7, folders=3, planted_fraction=0.25
+    )
     first, second = _digests(out), _digests(tmp_path)
     assert first == second
     assert len(again) > 0
@@ -95,8 +97,11 @@ def test_ground_truth_csv_round_trip(demo):
     assert list(back.columns) == list(gt.columns)
     assert back["planted"].tolist() == gt["planted"].tolist()
     assert back["image_path"].tolist() == gt["image_path"].tolist()
-    np.testing.assert_allclose(back[["x1", "y1", "x2", "y2"]].to_numpy(), gt[["x1", "y1", "x2", "y2"]].to_numpy(),
-                               atol=0.006)
+    np.testing.assert_allclose(
+        back[["x1", "y1", "x2", "y2"]].to_numpy(),
+        gt[["x1", "y1", "x2", "y2"]].to_numpy(),
+        atol=0.006,
+    )
 
 
 def test_default_demo_has_a_few_planted_objects(tmp_path):
@@ -123,13 +128,20 @@ def test_yolo_dataset(tmp_path):
             assert ((cx - w / 2) >= -1e-6).all() and ((cx + w / 2) <= 1 + 1e-6).all()
             assert ((cy - h / 2) >= -1e-6).all() and ((cy + h / 2) <= 1 + 1e-6).all()
     # training scenes come from their own random stream: never a copy of a demo image
-    demo = demo_scenes.generate_scenes(tmp_path / "demo", 1, seed=0, size=(320, 192), planted_fraction=0)
+    demo = demo_scenes.generate_scenes(
+        tmp_path / "demo", 1, seed=0, size=(320, 192), planted_fraction=0
+    )
     first_demo = (tmp_path / "demo" / demo["image_path"].iloc[0]).read_bytes()
     assert first_demo != (root / "images" / "train" / "train_00000.jpg").read_bytes()
 
 
 def test_cli(tmp_path):
-    assert demo_scenes.main(["--out", str(tmp_path), "--n-images", "4", "--seed", "3", "--size", "160x96"]) == 0
+    assert (
+        demo_scenes.main(
+            ["--out", str(tmp_path), "--n-images", "4", "--seed", "3", "--size", "160x96"]
+        )
+        == 0
+    )
     assert len(list(tmp_path.rglob("*.jpg"))) == 4
     assert (tmp_path / demo_scenes.GROUND_TRUTH_NAME).exists()
 
@@ -147,16 +159,24 @@ def test_every_object_gets_a_grammar_caption_that_names_its_kind(tmp_path):
     assert "a person in an orange shirt" in grammar and "a person in a orange shirt" not in grammar
     # every kind of the grammar reads back as itself, and words of no kind as None
     for caption in grammar:
-        assert demo_scenes.caption_kind(caption) in set(demo_scenes.CLASS_NAMES) | set(demo_scenes.PLANTED_KINDS)
+        assert demo_scenes.caption_kind(caption) in set(demo_scenes.CLASS_NAMES) | set(
+            demo_scenes.PLANTED_KINDS
+        )
     assert demo_scenes.caption_kind("A car with pink zebra stripes.") == "zebra_pink_car"
     assert demo_scenes.caption_kind("a blurry shape") is None
     assert demo_scenes.caption_kind(None) is None
 
 
 def test_object_crops_come_from_their_own_stream(tmp_path):
-    pairs = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192)))
-    again = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192)))
-    held_out = list(demo_scenes.object_crops(7, demo_scenes.STREAM_VLM_HELDOUT, 10, size=(320, 192)))
+    pairs = list(
+        demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192))
+    )
+    again = list(
+        demo_scenes.object_crops(7, demo_scenes.STREAM_VLM, 10, planted_share=0.5, size=(320, 192))
+    )
+    held_out = list(
+        demo_scenes.object_crops(7, demo_scenes.STREAM_VLM_HELDOUT, 10, size=(320, 192))
+    )
     assert [o.caption for _, o in pairs] == [o.caption for _, o in again]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), (b, _) in zip(pairs, again))
     assert any(o.planted for _, o in pairs)

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
-from rare_objects.diversity import CLUSTER_CAP, KEPT, cap_clusters, diversity_filter, similarity_clusters
-from rare_objects.neighbors import AnnParams, normalised
+from rare_objects.stages.diversity import (
+    CLUSTER_CAP,
+    KEPT,
+    cap_clusters,
+    diversity_filter,
+    similarity_clusters,
+)
+from rare_objects.stages.neighbors import AnnParams, normalised
 
 
 def brute_force_diversity(X, priority, threshold, max_per_cluster):
@@ -49,7 +55,9 @@ def test_exact_path_equals_brute_force(seed, cap):
     priority = rng.standard_normal(len(X))
     priority[::7] = np.round(priority[::7])  # ties, broken by row
     priority[::11] = np.nan
-    labels, keep, reason = diversity_filter(X, priority, threshold=0.97, max_per_cluster=cap, block_size=97)
+    labels, keep, reason = diversity_filter(
+        X, priority, threshold=0.97, max_per_cluster=cap, block_size=97
+    )
     ref_labels, ref_keep = brute_force_diversity(X, priority, 0.97, cap)
     np.testing.assert_array_equal(labels, ref_labels)  # both numbered by first row
     np.testing.assert_array_equal(keep, ref_keep)
@@ -69,7 +77,9 @@ def test_threshold_and_cap_honoured():
     different = labels[:, None] != labels[None, :]
     assert (S[different] < 0.95).all()
     # each cluster keeps min(size, cap) objects
-    np.testing.assert_array_equal(np.bincount(labels[keep], minlength=labels.max() + 1), np.minimum(np.bincount(labels), 2))
+    np.testing.assert_array_equal(
+        np.bincount(labels[keep], minlength=labels.max() + 1), np.minimum(np.bincount(labels), 2)
+    )
     # no priority: the first rows of each cluster are kept
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)

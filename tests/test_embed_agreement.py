@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rare_objects import images, models
-from rare_objects.demo_scenes import generate_scenes
+from rare_objects.demo.scenes import generate_scenes
+from rare_objects.io import images
+from rare_objects.runtime import models
 
 
 def test_demo_embeddings_agree_with_open_clip_preprocessing(demo_models, tmp_path):

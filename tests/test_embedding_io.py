@@ -5,20 +5,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rare_objects import schemas
-from rare_objects.embedding_io import read_embedding_matrix, read_embedding_matrix_in_memory
+from rare_objects.io import schemas
+from rare_objects.io.embeddings import read_embedding_matrix, read_embedding_matrix_in_memory
 
 DIM = 12
 
 
 def write_shard(path, ids, vectors, errors, row_group_size=None):
     """vectors[i] is None where errors[i] is set."""
-    emb = pa.array([None if v is None else v.tolist() for v in vectors], type=pa.list_(pa.float32(), DIM))
-    table = pa.table({"object_id": ids, "embedding": emb, "error": pa.array(errors, type=pa.string())})
+    emb = pa.array(
+        [None if v is None else v.tolist() for v in vectors], type=pa.list_(pa.float32(), DIM)
+    )
+    table = pa.table(
+        {"object_id": ids, "embedding": emb, "error": pa.array(errors, type=pa.string())}
+    )
     if row_group_size is None:
         schemas.write_table(table, schemas.embeddings_schema(DIM), path)
     else:
-        pq.write_table(table.cast(schemas.embeddings_schema(DIM)), path, row_group_size=row_group_size)
+        pq.write_table(
+            table.cast(schemas.embeddings_schema(DIM)), path, row_group_size=row_group_size
+        )
 
 
 @pytest.fixture
@@ -85,7 +91,13 @@ def test_dimension_mismatch_raises(tmp_path):
     a = tmp_path / "a.parquet"
     write_shard(a, ["a"], [np.ones(DIM, np.float32)], [None])
     b = tmp_path / "b.parquet"
-    table = pa.table({"object_id": ["b"], "embedding": pa.array([[1.0] * 4], type=pa.list_(pa.float32(), 4)), "error": pa.array([None], pa.string())})
+    table = pa.table(
+        {
+            "object_id": ["b"],
+            "embedding": pa.array([[1.0] * 4], type=pa.list_(pa.float32(), 4)),
+            "error": pa.array([None], pa.string()),
+        }
+    )
     pq.write_table(table, b)
     with pytest.raises(ValueError, match="dimension"):
         read_embedding_matrix([a, b])
@@ -94,7 +106,12 @@ def test_dimension_mismatch_raises(tmp_path):
 def test_contract_breaking_row_is_skipped(tmp_path):
     """An embedding that is null without an error, or an error with an embedding: both skipped."""
     path = tmp_path / "odd.parquet"
-    vectors = [np.full(DIM, 1, np.float32), None, np.full(DIM, 3, np.float32), np.full(DIM, 4, np.float32)]
+    vectors = [
+        np.full(DIM, 1, np.float32),
+        None,
+        np.full(DIM, 3, np.float32),
+        np.full(DIM, 4, np.float32),
+    ]
     write_shard(path, ["a", "b", "c", "d"], vectors, [None, None, "bad", None])
     frame, X = read_embedding_matrix(path)
     assert frame["object_id"].tolist() == ["a", "d"]

@@ -76,38 +76,54 @@ def check_explorer(browser, html: Path, object_ids, name: str) -> Path:
     Returns the screenshot's path."""
     page = browser.new_page(viewport={"width": 1500, "height": 950})
     problems, requests = [], []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
     page.on("request", lambda r: requests.append(r.url))
     page.goto(html.as_uri())
-    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.index.roots.length > 0")
+    page.wait_for_function(
+        "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.index.roots.length > 0"
+    )
     page.wait_for_function("() => [...Bokeh.index.roots].every((v) => v.is_idle)", timeout=30_000)
 
-    points = page.evaluate("() => Bokeh.documents[0].get_model_by_name('points').data_source.get_length()")
+    points = page.evaluate(
+        "() => Bokeh.documents[0].get_model_by_name('points').data_source.get_length()"
+    )
     assert points == len(object_ids)
     data = page.evaluate("""() => { const d = Bokeh.documents[0].get_model_by_name('points').data_source.data;
                                     return {flag: [...d.flag], caption: [...d.caption], object_id: [...d.object_id],
                                             sprite_url: [...d.sprite_url]}; }""")
     frame = pd.DataFrame(data)
     assert set(frame["object_id"]) == set(object_ids)
-    captioned_outliers = frame.index[frame["flag"].isin(["outlier", "final outlier"]) & (frame["caption"].str.len() > 0)]
+    captioned_outliers = frame.index[
+        frame["flag"].isin(["outlier", "final outlier"]) & (frame["caption"].str.len() > 0)
+    ]
     assert len(captioned_outliers), "the run has captioned outliers"
 
     # The captioned outlier that stands most apart, so that the pointer hits it alone.
     spots = {int(i): page.evaluate(FIND_POINT_JS, int(i)) for i in captioned_outliers}
-    index, spot = max(((i, s) for i, s in spots.items() if s["inside"]), key=lambda item: item[1]["nearest"])
+    index, spot = max(
+        ((i, s) for i, s in spots.items() if s["inside"]), key=lambda item: item[1]["nearest"]
+    )
     assert spot["nearest"] > 5, spot
     caption = frame.loc[index, "caption"]
     sheet_url = frame.loc[index, "sprite_url"]
     assert sheet_url.startswith("explorer_files/sheet-")
 
     page.mouse.move(spot["x"], spot["y"])
-    page.get_by_text(f"caption: {caption}", exact=False).first.wait_for(state="visible", timeout=10_000)
-    tooltip_crops = page.evaluate("""(url) => { const out = []; const walk = (root) => {
+    page.get_by_text(f"caption: {caption}", exact=False).first.wait_for(
+        state="visible", timeout=10_000
+    )
+    tooltip_crops = page.evaluate(
+        """(url) => { const out = []; const walk = (root) => {
         for (const el of root.querySelectorAll('div')) { if (el.shadowRoot) walk(el.shadowRoot);
           if ((el.getAttribute('style') || '').includes(url)) out.push(el.getBoundingClientRect().width); } };
-        walk(document); return out; }""", sheet_url)
+        walk(document); return out; }""",
+        sheet_url,
+    )
     assert tooltip_crops and max(tooltip_crops) > 0  # the hover shows the crop
 
     page.mouse.click(spot["x"], spot["y"])
@@ -117,8 +133,11 @@ def check_explorer(browser, html: Path, object_ids, name: str) -> Path:
     assert caption.strip()[:40] in page.locator(".explorer-caption").inner_text()
     assert sheet_url in page.locator(".explorer-crop").get_attribute("style")
     # The crop's sprite sheet really loads from beside the page.
-    loaded = page.evaluate("""(url) => new Promise((done) => { const im = new Image();
-        im.onload = () => done(im.naturalWidth); im.onerror = () => done(0); im.src = url; })""", sheet_url)
+    loaded = page.evaluate(
+        """(url) => new Promise((done) => { const im = new Image();
+        im.onload = () => done(im.naturalWidth); im.onerror = () => done(0); im.src = url; })""",
+        sheet_url,
+    )
     assert loaded > 0
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -149,23 +168,52 @@ def test_explorer_of_a_workflow_run_opens_offline_and_shows_an_outlier(workflow_
     results = workdir / "results"
     projection = pd.read_parquet(results / "tables" / "projection.parquet")
     outliers = pd.read_parquet(results / "tables" / "outliers.parquet")
-    assert len(projection) == len(outliers)  # the test run is below the cap: every object is on the map
-    check_explorer(browser, results / "explorer.html", projection["object_id"], "explorer-workflow-run")
+    assert len(projection) == len(
+        outliers
+    )  # the test run is below the cap: every object is on the map
+    check_explorer(
+        browser, results / "explorer.html", projection["object_id"], "explorer-workflow-run"
+    )
 
 
 def test_explorer_with_a_sampled_map_in_the_browser(tmp_path, browser):
     """A generated run whose map is capped below its object count (fast; no models)."""
-    from rare_objects import explorer, images, projection
+    from rare_objects.io import images
+    from rare_objects.report import explorer, projection
     from tests.test_report import TARGETS, make_run
 
     run = make_run(tmp_path / "in", n_images=40, per_image=10, seed=5)
-    settings = {"method": "tsne", "max_points": 300, "perplexity": 30, "umap_n_neighbors": 15, "umap_min_dist": 0.1}
-    shown = projection.project(run["embeddings"], run["outlier_table"], run["concepts"], TARGETS, settings, seed=0,
-                               threads=1)
+    settings = {
+        "method": "tsne",
+        "max_points": 300,
+        "perplexity": 30,
+        "umap_n_neighbors": 15,
+        "umap_min_dist": 0.1,
+    }
+    shown = projection.project(
+        run["embeddings"],
+        run["outlier_table"],
+        run["concepts"],
+        TARGETS,
+        settings,
+        seed=0,
+        threads=1,
+    )
     assert len(shown) == 300 < len(run["outlier_table"])
     results = tmp_path / "results"
     results.mkdir()
-    explorer.build_explorer(shown, run["detections"], run["outliers"], run["captions"], run["concepts"], TARGETS,
-                            results / "explorer.html", results / "explorer_files", images.open_rgb,
-                            total_objects=len(run["outlier_table"]), thumbnail_size=48, per_sheet=64)
+    explorer.build_explorer(
+        shown,
+        run["detections"],
+        run["outliers"],
+        run["captions"],
+        run["concepts"],
+        TARGETS,
+        results / "explorer.html",
+        results / "explorer_files",
+        images.open_rgb,
+        total_objects=len(run["outlier_table"]),
+        thumbnail_size=48,
+        per_sheet=64,
+    )
     check_explorer(browser, results / "explorer.html", shown["object_id"], "explorer-sampled-map")

@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from rare_objects import images
-from rare_objects.images import ImageRejected, crop_box
-from tests.bad_images import (
-    BOMB_SIDE,
-    EXIF_STORED_SIZE,
-    write_bad_corpus,
-)
+from rare_objects.io import images
+from rare_objects.io.images import ImageRejected, crop_box
+from tests.bad_images import BOMB_SIDE, EXIF_STORED_SIZE, write_bad_corpus
 
 WAIT_S = 30  # guard against a hang only; no test measures time
 
@@ -49,7 +45,12 @@ def _pixels(image: Image.Image) -> np.ndarray:
 def test_corpus_covers_every_case(corpus):
     _, expected = corpus
     assert set(expected.values()) >= {
-        "ok", "empty_file", "truncated", "not_an_image", "too_small", "decompression_bomb"
+        "ok",
+        "empty_file",
+        "truncated",
+        "not_an_image",
+        "too_small",
+        "decompression_bomb",
     }
     assert sum(v == "ok" for v in expected.values()) == 5
     assert set(expected.values()) <= set(images.REASONS) | {"ok"}
@@ -62,8 +63,18 @@ def test_corpus_files_stay_small(corpus):
 
 @pytest.mark.parametrize(
     "name",
-    ["empty.jpg", "truncated.jpg", "text.jpg", "cmyk.jpg", "gradient16.png", "rgba.png",
-     "palette.png", "exif_rotated.jpg", "one_pixel.png", "bomb.png"],
+    [
+        "empty.jpg",
+        "truncated.jpg",
+        "text.jpg",
+        "cmyk.jpg",
+        "gradient16.png",
+        "rgba.png",
+        "palette.png",
+        "exif_rotated.jpg",
+        "one_pixel.png",
+        "bomb.png",
+    ],
 )
 def test_open_rgb_outcome(corpus, name):
     folder, expected = corpus
@@ -157,8 +168,10 @@ def test_one_pixel_image_is_kept_with_min_side_one(corpus):
     assert image.size == (1, 1) and image.getpixel((0, 0)) == (200, 100, 50)
 
 
-@pytest.mark.parametrize("size, min_side, outcome", [((8, 8), 8, "ok"), ((7, 40), 8, "too_small"),
-                                                      ((40, 7), 8, "too_small"), ((7, 7), 7, "ok")])
+@pytest.mark.parametrize(
+    "size, min_side, outcome",
+    [((8, 8), 8, "ok"), ((7, 40), 8, "too_small"), ((40, 7), 8, "too_small"), ((7, 7), 7, "ok")],
+)
 def test_min_side(tmp_path, size, min_side, outcome):
     path = tmp_path / "small.png"
     Image.new("RGB", size).save(path)
@@ -217,17 +230,31 @@ def test_returned_image_is_loaded_and_detached_from_the_file(tmp_path):
 BASE = Image.new("RGB", (16, 12), (10, 200, 30))
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK",
-                                  "YCbCr", "LAB", "HSV", "I", "F"])
+@pytest.mark.parametrize(
+    "mode",
+    ["1", "L", "LA", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"],
+)
 def test_to_rgb_every_mode(mode):
     image = BASE.convert(mode)
     out = images.to_rgb(image)
     assert out.mode == "RGB" and out.size == image.size
 
 
-@pytest.mark.parametrize("mode, fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"),
-                                       ("PA", "TIFF"), ("I", "TIFF"), ("F", "TIFF"),
-                                       ("YCbCr", "TIFF"), ("LAB", "TIFF"), ("CMYK", "TIFF")])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [
+        ("1", "PNG"),
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("PA", "TIFF"),
+        ("I", "TIFF"),
+        ("F", "TIFF"),
+        ("YCbCr", "TIFF"),
+        ("LAB", "TIFF"),
+        ("CMYK", "TIFF"),
+    ],
+)
 def test_open_rgb_every_mode_from_a_file(tmp_path, mode, fmt):
     path = tmp_path / f"image.{fmt.lower()}"
     BASE.convert(mode).save(path, fmt)
@@ -376,10 +403,15 @@ def test_resize_never_enlarges():
         images.resize_longest(image, 0)
 
 
-@pytest.mark.parametrize("size, max_side, expected", [((1600, 900), 1280, (1280, 720)),
-                                                      ((900, 1600), 640, (360, 640)),
-                                                      ((1000, 1000), 500, (500, 500)),
-                                                      ((5000, 3), 100, (100, 1))])
+@pytest.mark.parametrize(
+    "size, max_side, expected",
+    [
+        ((1600, 900), 1280, (1280, 720)),
+        ((900, 1600), 640, (360, 640)),
+        ((1000, 1000), 500, (500, 500)),
+        ((5000, 3), 100, (100, 1)),
+    ],
+)
 def test_resize_longest_sizes(size, max_side, expected):
     resized, scale = images.resize_longest(Image.new("RGB", size), max_side)
     assert resized.size == expected

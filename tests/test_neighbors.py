@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from rare_objects.neighbors import (
+from rare_objects.stages.neighbors import (
     AnnParams,
     approximate_knn,
     exact_knn,
@@ -21,7 +21,11 @@ def clustered(n=3000, dim=32, clusters=12, latent=6, seed=0, duplicates=0):
     bases = rng.standard_normal((clusters, latent, dim)).astype(np.float32) / np.sqrt(latent)
     c = rng.integers(0, clusters, n)
     z = rng.standard_normal((n, latent)).astype(np.float32)
-    X = centres[c] + 0.5 * np.einsum("nl,nld->nd", z, bases[c]) + 0.02 * rng.standard_normal((n, dim)).astype(np.float32)
+    X = (
+        centres[c]
+        + 0.5 * np.einsum("nl,nld->nd", z, bases[c])
+        + 0.02 * rng.standard_normal((n, dim)).astype(np.float32)
+    )
     if duplicates:
         X[n - duplicates :] = X[rng.integers(0, n - duplicates, duplicates)]
     return normalised(X.astype(np.float32))
@@ -46,7 +50,9 @@ def test_knn_switches_at_exact_max():
     d1, i1 = knn(X, 5, exact_max=800)
     d2, i2 = exact_knn(X, 5)
     np.testing.assert_array_equal(i1, i2)
-    d3, i3 = knn(X, 5, exact_max=799, ann=AnnParams(cell_size=100, nprobe=3, candidates=20, pca_dims=None))
+    d3, i3 = knn(
+        X, 5, exact_max=799, ann=AnnParams(cell_size=100, nprobe=3, candidates=20, pca_dims=None)
+    )
     d4, i4 = approximate_knn(X, 5, AnnParams(cell_size=100, nprobe=3, candidates=20, pca_dims=None))
     np.testing.assert_array_equal(i3, i4)
     np.testing.assert_array_equal(d3, d4)
@@ -83,13 +89,17 @@ def test_approximate_deterministic_and_partitions():
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0])
     _, truth = exact_knn(X, 6)
-    one = approximate_knn(X, 6, AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=12, partitions=1))
+    one = approximate_knn(
+        X, 6, AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=12, partitions=1)
+    )
     assert recall(a[1], truth) >= recall(one[1], truth)
 
 
 def test_duplicates_and_tiny_cells():
     X = clustered(600, dim=16, duplicates=150)
-    dist, ind = approximate_knn(X, 5, AnnParams(cell_size=20, nprobe=2, candidates=6, pca_dims=None))
+    dist, ind = approximate_knn(
+        X, 5, AnnParams(cell_size=20, nprobe=2, candidates=6, pca_dims=None)
+    )
     assert not (ind == np.arange(600)[:, None]).any()
     assert np.isfinite(dist).all()
     true_d = np.linalg.norm(X[ind] - X[:, None, :], axis=2)
@@ -128,8 +138,13 @@ def test_similar_pairs_approximate_finds_near_duplicates():
     X = clustered(3000, dim=32, duplicates=300)
     t = 0.98
     truth = dense_pairs(X, t)
-    i, j, s = similar_pairs(X, t, exact_max=0, max_neighbors=16,
-                            ann=AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=None))
+    i, j, s = similar_pairs(
+        X,
+        t,
+        exact_max=0,
+        max_neighbors=16,
+        ann=AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=None),
+    )
     found = set(zip(i.tolist(), j.tolist()))
     assert found <= truth
     assert len(found) >= 0.95 * len(truth)

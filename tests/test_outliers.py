@@ -8,17 +8,19 @@ import pyarrow as pa
 import pytest
 from sklearn.neighbors import LocalOutlierFactor
 
-from rare_objects import schemas
-from rare_objects.neighbors import AnnParams
-from rare_objects.outliers import OUTLIER_COLUMNS, class_aware_outliers, lof_flags
-from rare_objects.tsne import plot_tsne, subsample_indices
+from rare_objects.io import schemas
+from rare_objects.report.tsne import plot_tsne, subsample_indices
+from rare_objects.stages.neighbors import AnnParams
+from rare_objects.stages.outliers import OUTLIER_COLUMNS, class_aware_outliers, lof_flags
 from tests.test_neighbors import clustered
 
 
 def blobs(n=1200, dim=16, seed=0, outliers=30):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((5, dim)) * 3
-    X = centres[rng.integers(0, 5, n)] + rng.standard_normal((n, dim)) * rng.uniform(0.3, 1.0, (n, 1))
+    X = centres[rng.integers(0, 5, n)] + rng.standard_normal((n, dim)) * rng.uniform(
+        0.3, 1.0, (n, 1)
+    )
     X[:outliers] = rng.standard_normal((outliers, dim)) * 6
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X.astype(np.float32)
@@ -91,7 +93,9 @@ def test_approximate_path_close_to_exact(pca_dims):
 def test_approximate_path_with_duplicates():
     X = blobs(n=800, seed=5)
     X[400:600] = X[200:400]  # every row of 200..599 has a copy
-    scores, flags = lof_flags(X, 10, 0.05, exact_max=0, ann=AnnParams(cell_size=100, nprobe=4, candidates=20))
+    scores, flags = lof_flags(
+        X, 10, 0.05, exact_max=0, ann=AnnParams(cell_size=100, nprobe=4, candidates=20)
+    )
     assert np.isfinite(scores).all() and flags.sum() > 0
 
 
@@ -107,7 +111,9 @@ def test_class_aware_logic():
     car = names == "car"
     c_scores, c_flags = sklearn_lof(X[car], 10, 0.1)
     np.testing.assert_array_equal(frame["class_outlier"].to_numpy()[car], c_flags)
-    np.testing.assert_array_equal(frame["class_score"].to_numpy()[car].astype(np.float32), c_scores.astype(np.float32))
+    np.testing.assert_array_equal(
+        frame["class_score"].to_numpy()[car].astype(np.float32), c_scores.astype(np.float32)
+    )
     train = names == "train"  # 10 rows < min_samples 11: no class LOF
     assert frame["class_score"][train].isna().all() and not frame["class_outlier"][train].any()
     assert frame["class_score"][~train].notna().all()
@@ -118,14 +124,20 @@ def test_class_aware_logic():
     assert {1, 2, 3} <= set(code.tolist())
     # the table fits the parquet contract once the caller adds object_id
     frame.insert(0, "object_id", [f"o{i}" for i in range(len(frame))])
-    table = pa.Table.from_pandas(frame, preserve_index=False).select(schemas.OUTLIERS.names).cast(schemas.OUTLIERS)
+    table = (
+        pa.Table.from_pandas(frame, preserve_index=False)
+        .select(schemas.OUTLIERS.names)
+        .cast(schemas.OUTLIERS)
+    )
     assert table.column("class_score").null_count == 10
     assert table.column("global_score").null_count == 0
 
 
 def test_class_aware_small_and_empty():
     X = blobs(n=5, outliers=1)
-    frame = class_aware_outliers(X, ["a", "a", "b", "b", "b"], n_neighbors=20, contamination=0.2, min_samples=3)
+    frame = class_aware_outliers(
+        X, ["a", "a", "b", "b", "b"], n_neighbors=20, contamination=0.2, min_samples=3
+    )
     assert frame["class_score"].isna().tolist() == [True, True, False, False, False]
     empty = class_aware_outliers(np.zeros((0, 16), np.float32), [], 20, 0.05)
     assert len(empty) == 0 and list(empty.columns) == OUTLIER_COLUMNS

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -12,13 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rare_objects import offline
-from rare_objects import report_files as rf
+from rare_objects.export import report_files as rf
+from rare_objects.runtime import offline
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _offline(tmp_path_factory):
     offline.configure(tmp_path_factory.mktemp("cache"))  # matplotlib's cache out of $HOME
+
 
 RECORD = {
     "path": "outliers/n008__CAM_FRONT__1533_3_bicycle.jpg",
@@ -60,16 +60,31 @@ def test_desc_golden():
 
 
 def test_desc_missing_values_and_failed_caption(tmp_path):
-    record = {**RECORD, "bbox": None, "x1": 1, "y1": 2.5, "x2": 30, "y2": 40.25, "target_matches": [],
-              "description": None, "caption_error": "HTTP 503 (failed after 4 attempts)", "top_concept": None,
-              "is_final_outlier": pd.NA, "sample_token": None}
+    record = {
+        **RECORD,
+        "bbox": None,
+        "x1": 1,
+        "y1": 2.5,
+        "x2": 30,
+        "y2": 40.25,
+        "target_matches": [],
+        "description": None,
+        "caption_error": "HTTP 503 (failed after 4 attempts)",
+        "top_concept": None,
+        "is_final_outlier": pd.NA,
+        "sample_token": None,
+    }
     text = rf.format_desc(record, common_classes=["car"])
     lines = text.splitlines()
     assert lines[0] == "Sample Token: None"
     assert lines[3] == "Target Matches: None"
     assert lines[4] == "Final outlier (Top concept not common): None"
     assert lines[7] == "Confidence=0.8712, bbox=[1.0, 2.5, 30.0, 40.2]"
-    assert lines[8:11] == ["", "Generated caption:", "None (error: HTTP 503 (failed after 4 attempts))"]
+    assert lines[8:11] == [
+        "",
+        "Generated caption:",
+        "None (error: HTTP 503 (failed after 4 attempts))",
+    ]
     assert lines[-1] == "Top concept: None (in common classes: None)"
     out = tmp_path / "sub" / "x_desc.txt"
     rf.write_desc(RECORD, out, common_classes=[])
@@ -77,8 +92,20 @@ def test_desc_missing_values_and_failed_caption(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["x_desc.txt"]
 
 
-CONCEPT_NAMES = ["construction_vehicle", "truck", "trailer", "car", "bus", "bicycle", "motorcycle", "barrier",
-                 "pedestrian", "animal", "debris", "stroller"]
+CONCEPT_NAMES = [
+    "construction_vehicle",
+    "truck",
+    "trailer",
+    "car",
+    "bus",
+    "bicycle",
+    "motorcycle",
+    "barrier",
+    "pedestrian",
+    "animal",
+    "debris",
+    "stroller",
+]
 PROBS = list(np.linspace(0.2, 0.01, len(CONCEPT_NAMES)))
 
 
@@ -87,7 +114,9 @@ def _render(monkeypatch, tmp_path, font, name):
     out = tmp_path / name
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rf.plot_probabilities(CONCEPT_NAMES, PROBS, out, title="外れ値: 建設車両 (construction_vehicle)")
+        rf.plot_probabilities(
+            CONCEPT_NAMES, PROBS, out, title="外れ値: 建設車両 (construction_vehicle)"
+        )
     return out, caught
 
 
@@ -126,10 +155,14 @@ def test_real_cjk_font_when_installed():
     name = rf.find_cjk_font()
     if name is None:
         if os.environ.get("CI"):
-            pytest.fail("CI installs fonts-ipafont-gothic (.ci/install-fonts.sh), but no CJK font was found")
+            pytest.fail(
+                "CI installs fonts-ipafont-gothic (.ci/install-fonts.sh), but no CJK font was found"
+            )
         pytest.skip("no CJK font installed on this machine")
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    path = font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
+    path = font_manager.findfont(
+        font_manager.FontProperties(family=name), fallback_to_default=False
+    )
     assert FT2Font(path).get_char_index(ord("車")) != 0

@@ -19,7 +19,17 @@ GALLERY_CATEGORIES = {
     "final_outliers_by_concept": "3. Final outliers per top concept",
     "targets": "4. Target classes",
 }
-LABELS = {"rank", "class", "confidence", "global score", "class score", "outlier code", "caption", "top concept", "image"}
+LABELS = {
+    "rank",
+    "class",
+    "confidence",
+    "global score",
+    "class score",
+    "outlier code",
+    "caption",
+    "top concept",
+    "image",
+}
 
 
 def _script_json(page: str, name: str):
@@ -42,7 +52,13 @@ def report(workflow_run):
 def test_report_holds_the_overview_tables_and_maps(report):
     results, archive, entries, categories = report
     by_name = {entry["name"]: (path, entry) for path, entry in entries.items()}
-    for name in ("statistics.html", "timing.html", "tsne.png", "projection.png", "rejected_images.html"):
+    for name in (
+        "statistics.html",
+        "timing.html",
+        "tsne.png",
+        "projection.png",
+        "rejected_images.html",
+    ):
         assert name in by_name, sorted(by_name)
     stats = json.loads((results / "statistics.json").read_text())
     statistics_page = archive.read("report/" + by_name["statistics.html"][1]["data_uri"]).decode()
@@ -50,9 +66,19 @@ def test_report_holds_the_overview_tables_and_maps(report):
     for name, count in stats["class_distribution"].items():
         assert f"<td>{name}</td>\n      <td>{count}</td>" in statistics_page
     timing_page = archive.read("report/" + by_name["timing.html"][1]["data_uri"]).decode()
-    for rule in ("detect", "embed", "outliers", "export_results", "projection", "explorer", "report_galleries"):
+    for rule in (
+        "detect",
+        "embed",
+        "outliers",
+        "export_results",
+        "projection",
+        "explorer",
+        "report_galleries",
+    ):
         assert f"<td>{rule}</td>" in timing_page
-    rejected_page = archive.read("report/" + by_name["rejected_images.html"][1]["data_uri"]).decode()
+    rejected_page = archive.read(
+        "report/" + by_name["rejected_images.html"][1]["data_uri"]
+    ).decode()
     rejects = pd.read_csv(results / "rejected_images.csv")
     assert len(rejects) > 0
     for code in rejects["reason"].str.split(":").str[0].unique():
@@ -68,9 +94,11 @@ def test_report_holds_the_capped_labelled_galleries(report):
     names = set(archive.namelist())
     crops = {path: entry for path, entry in entries.items() if entry["mime_type"] == "image/jpeg"}
     assert len(crops) == len(index)
-    for path, entry in crops.items():
+    for _path, entry in crops.items():
         assert set(entry["labels"]) == LABELS
-        assert all(isinstance(v, str) for v in entry["labels"].values())  # the page sorts labels as text
+        assert all(
+            isinstance(v, str) for v in entry["labels"].values()
+        )  # the page sorts labels as text
         assert "report/" + entry["data_uri"] in names
         assert archive.read("report/" + entry["data_uri"])[:2] == b"\xff\xd8"  # a JPEG
     captions = [e["labels"]["caption"] for e in crops.values() if e["labels"]["caption"]]
@@ -79,9 +107,11 @@ def test_report_holds_the_capped_labelled_galleries(report):
         groups = categories[category]
         expected = {entry["group"] for entry in index.values() if entry["gallery"] == gallery}
         assert set(groups) == expected
-        for group, items in groups.items():
+        for _group, items in groups.items():
             assert 1 <= len(items) <= 24  # report.max_per_group (default)
-    detections = pd.concat(pd.read_parquet(p) for p in sorted((results / "tables" / "detections").glob("*.parquet")))
+    detections = pd.concat(
+        pd.read_parquet(p) for p in sorted((results / "tables" / "detections").glob("*.parquet"))
+    )
     classes = detections.set_index("object_id")["class_name"]
     for entry in index.values():
         assert entry["labels"]["class"] == classes[entry["object_id"]]
@@ -98,9 +128,18 @@ def test_view_settings_rerun_only_their_rules(workflow_run):
 
     workdir, config = workflow_run
     timing = {"write_timing", "report_overview", "all"}
-    assert set(planned_jobs(workdir, _with(config, "projection", method="umap"))) == {"projection", "explorer"} | timing
-    assert set(planned_jobs(workdir, _with(config, "explorer", thumbnail_size=32))) == {"explorer"} | timing
-    assert set(planned_jobs(workdir, _with(config, "report", max_per_group=3))) == {"report_galleries"} | timing
+    assert (
+        set(planned_jobs(workdir, _with(config, "projection", method="umap")))
+        == {"projection", "explorer"} | timing
+    )
+    assert (
+        set(planned_jobs(workdir, _with(config, "explorer", thumbnail_size=32)))
+        == {"explorer"} | timing
+    )
+    assert (
+        set(planned_jobs(workdir, _with(config, "report", max_per_group=3)))
+        == {"report_galleries"} | timing
+    )
 
 
 def test_report_galleries_open_in_the_browser(report, browser, tmp_path):

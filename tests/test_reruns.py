@@ -6,14 +6,20 @@ import shutil
 
 import pytest
 
-from tests.conftest import REPO, planned_jobs, run_snakemake
+from tests.conftest import REPO, planned_jobs
 
 pytestmark = pytest.mark.workflow
 
 # The map, the explorer and the report's files (rules/report.smk) follow every result table.
 VIEWS = {"projection", "explorer", "report_galleries", "report_overview"}
 DOWNSTREAM_OF_OUTLIERS = {
-    "outliers", "tsne_plot", "select_objects", "caption", "analyse_concepts", "training_selection", "export_results",
+    "outliers",
+    "tsne_plot",
+    "select_objects",
+    "caption",
+    "analyse_concepts",
+    "training_selection",
+    "export_results",
     "write_timing",
 } | VIEWS
 
@@ -33,7 +39,11 @@ def test_forcerun_of_one_stage_reruns_it_and_what_depends_on_it(workflow_run):
     assert set(planned) == DOWNSTREAM_OF_OUTLIERS | {"all"}
     assert planned["caption"] == config["captions"]["partitions"]
     planned = planned_jobs(workdir, config, "--forcerun", "analyse_concepts")
-    assert set(planned) == {"analyse_concepts", "training_selection", "export_results", "write_timing", "all"} | VIEWS
+    assert (
+        set(planned)
+        == {"analyse_concepts", "training_selection", "export_results", "write_timing", "all"}
+        | VIEWS
+    )
 
 
 def test_until_embed_stops_after_the_embeddings(tmp_path, workflow_images, demo_models):
@@ -47,15 +57,34 @@ def test_until_embed_stops_after_the_embeddings(tmp_path, workflow_images, demo_
 
 def test_changing_the_concept_list_reruns_only_the_analysis_and_export(workflow_run):
     workdir, config = workflow_run
-    changed = _with(config, "concepts", list=[*config.get("concepts", {}).get("list", ["car", "truck"]), "forklift"])
-    assert set(planned_jobs(workdir, changed)) == {"analyse_concepts", "training_selection", "export_results", "write_timing", "all"} | VIEWS
+    changed = _with(
+        config,
+        "concepts",
+        list=[*config.get("concepts", {}).get("list", ["car", "truck"]), "forklift"],
+    )
+    assert (
+        set(planned_jobs(workdir, changed))
+        == {"analyse_concepts", "training_selection", "export_results", "write_timing", "all"}
+        | VIEWS
+    )
 
 
 def test_changing_a_caption_setting_reruns_captions_and_what_follows(workflow_run):
     workdir, config = workflow_run
     changed = _with(config, "captions", prompt="Describe the vehicle.")
     planned = planned_jobs(workdir, changed)
-    assert set(planned) == {"caption", "analyse_concepts", "training_selection", "export_results", "write_timing", "all"} | VIEWS
+    assert (
+        set(planned)
+        == {
+            "caption",
+            "analyse_concepts",
+            "training_selection",
+            "export_results",
+            "write_timing",
+            "all",
+        }
+        | VIEWS
+    )
     assert planned["caption"] == config["captions"]["partitions"]
 
 
@@ -63,14 +92,23 @@ def test_a_training_selection_setting_reruns_the_selection_and_the_export_only(w
     workdir, config = workflow_run
     changed = {**config, "training_selection": {"budget_fraction": 0.5}}
     assert set(planned_jobs(workdir, changed)) == {
-        "training_selection", "export_results", "report_overview", "write_timing", "all"
+        "training_selection",
+        "export_results",
+        "report_overview",
+        "write_timing",
+        "all",
     }
 
 
 def test_a_coco_setting_reruns_the_export_only(workflow_run):
     workdir, config = workflow_run
     changed = _with(config, "export", coco={"objects": ["outliers", "targets"]})
-    assert set(planned_jobs(workdir, changed)) == {"export_results", "report_overview", "write_timing", "all"}
+    assert set(planned_jobs(workdir, changed)) == {
+        "export_results",
+        "report_overview",
+        "write_timing",
+        "all",
+    }
 
 
 def test_changing_the_diversity_threshold_keeps_detect_embed_and_lof(workflow_run):

@@ -41,14 +41,18 @@ def test_workflow_through_slurm_equals_a_local_run(  # noqa: F811
     config_path = remote / "run-config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     profile = slurm_cluster.make_test_profile(tmp_path / "profile", mem_mb=2500)
-    result = slurm_cluster.run_snakemake(remote, REPO / "Snakefile", config_path, profile, ["--jobs", "2"])
+    result = slurm_cluster.run_snakemake(
+        remote, REPO / "Snakefile", config_path, profile, ["--jobs", "2"]
+    )
     assert result.returncode == 0, slurm_cluster.describe(result)
 
     log = result.stdout + result.stderr
     submitted = slurm_cluster.job_ids(log)
     with capsys.disabled():  # the job ids belong in the CI log
         print(f"\n[slurm] workflow on the test images: Slurm job ids {submitted}")
-    assert len(submitted) >= 8  # detect/embed per shard, outliers, select, caption, concepts, export, ...
+    assert (
+        len(submitted) >= 8
+    )  # detect/embed per shard, outliers, select, caption, concepts, export, ...
     assert set(submitted) <= slurm_cluster.allocated_job_ids()
     finished = slurm_cluster.wait_finished(submitted)
     assert all(finished[j]["JobState"] == "COMPLETED" for j in submitted), finished
@@ -61,8 +65,12 @@ def test_workflow_through_slurm_equals_a_local_run(  # noqa: F811
             a, b = a.drop_columns(["x", "y"]), b.drop_columns(["x", "y"])
         assert_same_table(a, b, path)
     for name in ("detection_results.json", "statistics.json"):
-        a = json.loads((local / "results" / name).read_text().replace(str(local / "results"), "<results>"))
-        b = json.loads((remote / "results" / name).read_text().replace(str(remote / "results"), "<results>"))
+        a = json.loads(
+            (local / "results" / name).read_text().replace(str(local / "results"), "<results>")
+        )
+        b = json.loads(
+            (remote / "results" / name).read_text().replace(str(remote / "results"), "<results>")
+        )
         assert_same_json(a, b, name)
 
 
@@ -77,16 +85,21 @@ def assert_same_table(a: pa.Table, b: pa.Table, where) -> None:
     assert a.num_rows == b.num_rows, where
     for name in a.column_names:
         column_type = a.schema.field(name).type
-        value_type = column_type.value_type if pa.types.is_list(column_type) or pa.types.is_fixed_size_list(
-            column_type
-        ) else column_type
+        value_type = (
+            column_type.value_type
+            if pa.types.is_list(column_type) or pa.types.is_fixed_size_list(column_type)
+            else column_type
+        )
         if pa.types.is_floating(value_type):
             x, y = a.column(name).combine_chunks(), b.column(name).combine_chunks()
             assert x.is_null().equals(y.is_null()), (where, name)
             if value_type is not column_type:
                 x, y = x.flatten(), y.flatten()
             np.testing.assert_allclose(
-                x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False), **FLOAT_TOLERANCE, err_msg=f"{where}:{name}"
+                x.to_numpy(zero_copy_only=False),
+                y.to_numpy(zero_copy_only=False),
+                **FLOAT_TOLERANCE,
+                err_msg=f"{where}:{name}",
             )
         else:
             assert a.column(name).equals(b.column(name)), (where, name)

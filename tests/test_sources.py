@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rare_objects import sources
-from rare_objects.synthetic_nuscenes import CAMERAS, write_dataroot
+from rare_objects.demo.synthetic_nuscenes import CAMERAS, write_dataroot
+from rare_objects.io import sources
 
 
 def _touch_images(root, rels):
@@ -16,7 +16,13 @@ def _touch_images(root, rels):
 
 
 def _folder_config(root, **overrides):
-    cfg = {"kind": "folder", "path": str(root), "extensions": [".jpg", ".png"], "max_images": None, "shard_size": 2}
+    cfg = {
+        "kind": "folder",
+        "path": str(root),
+        "extensions": [".jpg", ".png"],
+        "max_images": None,
+        "shard_size": 2,
+    }
     cfg.update(overrides)
     return cfg
 
@@ -35,7 +41,10 @@ def test_shards_chunk_groups_in_sorted_order(tmp_path):
     manifest = sources.build_manifest(_folder_config(tmp_path), seed=0)
     sizes = manifest.groupby("shard").size().to_dict()
     assert sizes == {"a.0000": 2, "a.0001": 2, "a.0002": 1, "b.0000": 1, "root~da39a3.0000": 1}
-    assert manifest.loc[manifest["shard"] == "a.0000", "rel_path"].tolist() == ["a/0.jpg", "a/1.jpg"]
+    assert manifest.loc[manifest["shard"] == "a.0000", "rel_path"].tolist() == [
+        "a/0.jpg",
+        "a/1.jpg",
+    ]
 
 
 def test_new_folder_adds_shards_and_keeps_existing_ones(tmp_path):
@@ -51,12 +60,17 @@ def test_new_folder_adds_shards_and_keeps_existing_ones(tmp_path):
 def test_odd_folder_names_get_safe_unique_shards():
     assert sources.shard_slug("scene 1/cam") != sources.shard_slug("scene_1/cam")
     assert sources.shard_slug("scene-0001") == "scene-0001"
-    assert sources.shard_slug("a/b") .startswith("a+b~")
+    assert sources.shard_slug("a/b").startswith("a+b~")
 
 
 def test_max_images_is_seeded_and_deterministic(tmp_path):
     _touch_images(tmp_path, [f"a/{i:02d}.jpg" for i in range(20)])
-    pick = lambda seed: sources.build_manifest(_folder_config(tmp_path, max_images=7), seed)["rel_path"].tolist()
+
+    def pick(seed):
+        return sources.build_manifest(_folder_config(tmp_path, max_images=7), seed)[
+            "rel_path"
+        ].tolist()
+
     assert pick(3) == pick(3)
     assert len(pick(3)) == 7
     assert pick(3) != pick(4)
@@ -96,7 +110,11 @@ def test_nuscenes_keyframes_cameras_and_tokens(tmp_path):
     assert manifest.groupby("sample_token")["camera"].nunique().eq(6).all()
 
     front = sources.build_manifest(
-        _nuscenes_config(tmp_path, nuscenes={"version": "v1.0-mini", "cameras": ["CAM_FRONT"], "keyframes_only": False}), 0
+        _nuscenes_config(
+            tmp_path,
+            nuscenes={"version": "v1.0-mini", "cameras": ["CAM_FRONT"], "keyframes_only": False},
+        ),
+        0,
     )
     assert set(front["camera"]) == {"CAM_FRONT"}
     assert len(front) == 2 * 3 * 3  # keyframe + 2 sweeps

@@ -10,14 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from rare_objects import offline, sources
+from rare_objects.io import sources
+from rare_objects.runtime import offline
 from tests.conftest import CACHE
 
 offline.configure(CACHE / "libs")
 
-from rare_objects import export, images, models, schemas, selection, timing  # noqa: E402
-from rare_objects.detection import DetectSettings, detect_images  # noqa: E402
-from rare_objects.embedding import embed_objects  # noqa: E402
+from rare_objects import export  # noqa: E402
+from rare_objects.io import images, schemas  # noqa: E402
+from rare_objects.report import timing  # noqa: E402
+from rare_objects.runtime import models  # noqa: E402
+from rare_objects.stages import selection  # noqa: E402
+from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
+from rare_objects.stages.embedding import embed_objects  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,27 +49,49 @@ def clip(tmp_path_factory):
 def image_folder(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "a").mkdir()
-    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "a" / "wide.png")
-    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(tmp_path / "a" / "small.jpg")
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(
+        tmp_path / "a" / "wide.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(
+        tmp_path / "a" / "small.jpg"
+    )
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
     return tmp_path
 
 
 def _manifest(folder):
     return sources.build_manifest(
-        {"kind": "folder", "path": str(folder), "extensions": [".jpg", ".png"], "max_images": None, "shard_size": 10}, 0
+        {
+            "kind": "folder",
+            "path": str(folder),
+            "extensions": [".jpg", ".png"],
+            "max_images": None,
+            "shard_size": 10,
+        },
+        0,
     )
 
 
 def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
-    settings = DetectSettings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2)
-    detections, per_image, rejects = detect_images(_manifest(image_folder), random_detector, settings)
+    settings = DetectSettings(
+        max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2
+    )
+    detections, per_image, rejects = detect_images(
+        _manifest(image_folder), random_detector, settings
+    )
     assert list(rejects["reason"].str.split(":").str[0]) == ["not_an_image"]
-    assert per_image.set_index("image_path")["status"].to_dict()[str(image_folder / "a" / "broken.jpg")] == "rejected"
+    assert (
+        per_image.set_index("image_path")["status"].to_dict()[
+            str(image_folder / "a" / "broken.jpg")
+        ]
+        == "rejected"
+    )
     assert detections.groupby("image_id").size().max() == 7
     wide = detections[detections["image_path"].str.endswith("wide.png")]
     assert (wide["image_width"] == 300).all() and (wide["image_height"] == 200).all()
-    assert (wide[["x1", "x2"]].to_numpy() <= 300).all() and (wide[["y1", "y2"]].to_numpy() <= 200).all()
+    assert (wide[["x1", "x2"]].to_numpy() <= 300).all() and (
+        wide[["y1", "y2"]].to_numpy() <= 200
+    ).all()
     # resized to 100 px wide: boxes were scaled back up, so some exceed the resized frame
     assert wide["x2"].max() > 100
     for _, group in detections.groupby("image_id"):
@@ -77,17 +104,24 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
 
 
 def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
-    from rare_objects.detection import BatchedDetector
+    from rare_objects.stages.detection import BatchedDetector
 
     rng = np.random.default_rng(4)
     shapes = [(200, 300)] * 3 + [(300, 200)] * 2 + [(120, 500)]
     for i, (h, w) in enumerate(shapes):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / f"im{i}.png"
+        )
     manifest = _manifest(tmp_path)
-    settings = DetectSettings(max_side=400, imgsz=160, conf=1e-9, max_det=30, max_objects=30, batch_size=8)
+    settings = DetectSettings(
+        max_side=400, imgsz=160, conf=1e-9, max_det=30, max_objects=30, batch_size=8
+    )
     detector = BatchedDetector.for_model(random_detector, settings)
     assert detector is not None
-    decoded = [images.resize_longest(images.open_rgb(p), settings.max_side)[0] for p in manifest["image_path"]]
+    decoded = [
+        images.resize_longest(images.open_rgb(p), settings.max_side)[0]
+        for p in manifest["image_path"]
+    ]
     found = detector.detect([detector.letterbox(im) for im in decoded])
     # the predictor on each group of same-shaped images (it pads mixed shapes to a square instead)
     by_shape = {}
@@ -96,8 +130,15 @@ def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
     assert len(by_shape) == 3
     n_boxes = 0
     for members in by_shape.values():
-        results = random_detector.predict([decoded[i] for i in members], imgsz=settings.imgsz, conf=settings.conf,
-                                          iou=settings.iou, max_det=settings.max_det, device="cpu", verbose=False)
+        results = random_detector.predict(
+            [decoded[i] for i in members],
+            imgsz=settings.imgsz,
+            conf=settings.conf,
+            iou=settings.iou,
+            max_det=settings.max_det,
+            device="cpu",
+            verbose=False,
+        )
         for i, result in zip(members, results):
             expected = result.boxes.data
             assert found[i].shape == expected.shape
@@ -113,11 +154,19 @@ def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
 
 
 def test_crop_batch_agrees_with_open_clip_preprocessing(clip):
-    assert clip._tensor_steps is not None  # open_clip's pipeline is recognised: the batched path runs
+    assert (
+        clip._tensor_steps is not None
+    )  # open_clip's pipeline is recognised: the batched path runs
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)
-    boxes = [(0, 0, 50, 30), (10.5, 20.2, 50.9, 150), (100, 40, 164, 104), (199.5, 159.5, 250, 170),
-             (5, 5, 200, 160), (30, 60, 33, 61)]
+    boxes = [
+        (0, 0, 50, 30),
+        (10.5, 20.2, 50.9, 150),
+        (100, 40, 164, 104),
+        (199.5, 159.5, 250, 170),
+        (5, 5, 200, 160),
+        (30, 60, 33, 61),
+    ]
     pil = Image.fromarray(image)
     reference = torch.stack([clip.preprocess(images.crop(pil, box)) for box in boxes])
     batch = clip.crop_batch(image, boxes)
@@ -148,14 +197,20 @@ def test_crop_batch_device_ops_do_not_grow_with_the_crops(clip):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             batch = clip.crop_batch(image, boxes)
         assert batch.shape[0] == n
-        counts[n] = sum(1 for event in prof.events() if event.name.startswith(("aten::", "torchvision::")))
+        counts[n] = sum(
+            1 for event in prof.events() if event.name.startswith(("aten::", "torchvision::"))
+        )
     assert counts[8] == counts[64] > 0, counts
 
 
 def test_crop_boxes_equal_crop_box_row_by_row():
     rng = np.random.default_rng(3)
-    boxes = np.concatenate([rng.uniform(-20, 120, size=(500, 4)),
-                            [[640 / 0.8, 1.0 - 1e-9, 3.0, 2.0 + 1e-7], [5, 5, 5, 5], [200, 200, 300, 300]]])
+    boxes = np.concatenate(
+        [
+            rng.uniform(-20, 120, size=(500, 4)),
+            [[640 / 0.8, 1.0 - 1e-9, 3.0, 2.0 + 1e-7], [5, 5, 5, 5], [200, 200, 300, 300]],
+        ]
+    )
     expected = [images.crop_box(box, 100, 80) for box in boxes]
     assert images.crop_boxes(boxes, 100, 80).tolist() == [list(b) for b in expected]
     with pytest.raises(ValueError):
@@ -164,7 +219,9 @@ def test_crop_boxes_equal_crop_box_row_by_row():
         images.crop_boxes([[0, 0, 1, 1]], 0, 10)
 
 
-def test_embeddings_cover_every_object_and_record_unreadable_images(random_detector, clip, image_folder):
+def test_embeddings_cover_every_object_and_record_unreadable_images(
+    random_detector, clip, image_folder
+):
     settings = DetectSettings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
     detections, _, _ = detect_images(_manifest(image_folder), random_detector, settings)
     (image_folder / "a" / "small.jpg").write_bytes(b"")  # changed after detection
@@ -184,7 +241,11 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(random_detec
 
 
 def test_target_matches_and_selection_reasons():
-    targets = {"construction_vehicle": ["truck", "bus"], "trailer": ["truck"], "bicycle": ["bicycle"]}
+    targets = {
+        "construction_vehicle": ["truck", "bus"],
+        "trailer": ["truck"],
+        "bicycle": ["bicycle"],
+    }
     objects = pd.DataFrame(
         {
             "object_id": [f"o{i}" for i in range(6)],
@@ -193,15 +254,24 @@ def test_target_matches_and_selection_reasons():
             "global_score": [-1.0, -3.0, -1.1, -2.0, -2.5, -1.0],
             "image_path": ["x.jpg"] * 6,
             "confidence": [0.9] * 6,
-            "x1": [0.0] * 6, "y1": [0.0] * 6, "x2": [5.0] * 6, "y2": [5.0] * 6,
+            "x1": [0.0] * 6,
+            "y1": [0.0] * 6,
+            "x2": [5.0] * 6,
+            "y2": [5.0] * 6,
         }
     )
     matrix = np.eye(6, 4, dtype=np.float32)
     matrix[3:5] = [0, 1, 0, 0]  # o3 and o4 duplicate o1's direction
     matrix[1] = [0, 1, 0, 0]
     table = selection.select_objects(
-        objects, matrix, targets, include=["outliers", "targets"], vlm_for=["targets"],
-        similarity_threshold=0.99, max_per_cluster=2, partitions=3,
+        objects,
+        matrix,
+        targets,
+        include=["outliers", "targets"],
+        vlm_for=["targets"],
+        similarity_threshold=0.99,
+        max_per_cluster=2,
+        partitions=3,
     )
     assert table.loc[0, "target_matches"] == ["construction_vehicle", "trailer"]
     assert table["candidate"].tolist() == [True, True, True, True, True, False]
@@ -217,14 +287,28 @@ def test_target_matches_and_selection_reasons():
 def test_statistics_and_json_fields(tmp_path):
     frame = pd.DataFrame(
         {
-            "object_id": ["a-00", "a-01"], "image_id": ["a", "a"], "image_path": ["/d/a.jpg"] * 2,
-            "sample_token": ["tok"] * 2, "camera": [None, None], "rank": [0, 1], "class_name": ["truck", "car"],
-            "confidence": [0.9, 0.5], "x1": [1.0, 2.0], "y1": [1.0, 2.0], "x2": [5.0, 6.0], "y2": [5.0, 6.0],
+            "object_id": ["a-00", "a-01"],
+            "image_id": ["a", "a"],
+            "image_path": ["/d/a.jpg"] * 2,
+            "sample_token": ["tok"] * 2,
+            "camera": [None, None],
+            "rank": [0, 1],
+            "class_name": ["truck", "car"],
+            "confidence": [0.9, 0.5],
+            "x1": [1.0, 2.0],
+            "y1": [1.0, 2.0],
+            "x2": [5.0, 6.0],
+            "y2": [5.0, 6.0],
         }
     )
     outliers = pd.DataFrame(
-        {"object_id": ["a-00", "a-01"], "global_score": [-2.0, -1.0], "class_score": [None, None],
-         "outlier_code": [1, 0], "is_outlier": [True, False]}
+        {
+            "object_id": ["a-00", "a-01"],
+            "global_score": [-2.0, -1.0],
+            "class_score": [None, None],
+            "outlier_code": [1, 0],
+            "is_outlier": [True, False],
+        }
     )
     assembled = export.assemble(frame, outliers, {"trailer": ["truck"]})
     records = list(export.result_records(assembled, {}))
@@ -234,7 +318,10 @@ def test_statistics_and_json_fields(tmp_path):
     count = export.write_json_array(iter(records), tmp_path / "r.json")
     assert count == 2 and json.loads((tmp_path / "r.json").read_text()) == records
     stats = export.statistics(
-        assembled, pd.DataFrame({"n_objects": [2, 0]}), pd.DataFrame({"reason": ["truncated: x"]}), {"trailer": []}
+        assembled,
+        pd.DataFrame({"n_objects": [2, 0]}),
+        pd.DataFrame({"reason": ["truncated: x"]}),
+        {"trailer": []},
     )
     assert stats["total_objects"] == 2 and stats["outlier_count"] == 1
     assert stats["target_counts"] == {"trailer": 1}
@@ -242,12 +329,24 @@ def test_statistics_and_json_fields(tmp_path):
 
 
 def test_per_object_files_follow_the_original_defaults():
-    on = {"minimal_io": False, "save_crops": True, "save_descriptions": True, "save_probability_plots": True,
-          "cleanup_temp_crops": True}
+    on = {
+        "minimal_io": False,
+        "save_crops": True,
+        "save_descriptions": True,
+        "save_probability_plots": True,
+        "cleanup_temp_crops": True,
+    }
     assert export.per_object_file_switches(on, max_images=100)["save_crops"] is True
     assert not any(export.per_object_file_switches(on, max_images=None).values())
-    assert not any(export.per_object_file_switches({**on, "minimal_io": True}, max_images=100).values())
-    assert export.per_object_file_switches({**on, "cleanup_temp_crops": False}, 5)["keep_cropped_objects"] is True
+    assert not any(
+        export.per_object_file_switches({**on, "minimal_io": True}, max_images=100).values()
+    )
+    assert (
+        export.per_object_file_switches({**on, "cleanup_temp_crops": False}, 5)[
+            "keep_cropped_objects"
+        ]
+        is True
+    )
 
 
 def test_timing_summary(tmp_path):
@@ -255,7 +354,9 @@ def test_timing_summary(tmp_path):
     (bench / "detect").mkdir(parents=True)
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for shard, seconds in [("a", 2.0), ("b", 3.0)]:
-        (bench / "detect" / f"{shard}.tsv").write_text(header + f"{seconds}\t0:00:02\t100.5\t1\t1\t1\t0\t0\t0\t1\n")
+        (bench / "detect" / f"{shard}.tsv").write_text(
+            header + f"{seconds}\t0:00:02\t100.5\t1\t1\t1\t0\t0\t0\t1\n"
+        )
     (bench / "outliers.tsv").write_text(header + "1.5\t0:00:01\tNA\t1\t1\t1\t0\t0\t0\t1\n")
     summary = timing.summarise_benchmarks(sorted(map(str, bench.rglob("*.tsv"))), str(tmp_path))
     rows = summary.set_index("rule")

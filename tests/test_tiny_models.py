@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rare_objects.offline import configure
+from rare_objects.runtime.offline import configure
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 MODELS = CACHE / "models"
@@ -21,7 +21,8 @@ configure(CACHE / "libraries")  # before ultralytics / open_clip are imported
 
 import torch  # noqa: E402
 
-from rare_objects import demo_scenes, tiny_models  # noqa: E402
+from rare_objects.demo import scenes as demo_scenes  # noqa: E402
+from rare_objects.demo import tiny_models  # noqa: E402
 
 MIN_RECALL = 0.6  # class-aware recall at IoU >= 0.5, conf 0.25, on fresh demo scenes
 
@@ -29,7 +30,9 @@ MIN_RECALL = 0.6  # class-aware recall at IoU >= 0.5, conf 0.25, on fresh demo s
 @pytest.fixture(scope="session")
 def demo_detector() -> Path:
     """The tiny demo detector, trained once (minutes) and cached across test sessions."""
-    return tiny_models.build_demo_detector(MODELS / "demo_detector.pt", MODELS / "detector_work", seed=0)
+    return tiny_models.build_demo_detector(
+        MODELS / "demo_detector.pt", MODELS / "detector_work", seed=0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +62,17 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_clip_loads_through_open_clip_and_embeds(tmp_path):
     path = tiny_models.build_demo_clip(tmp_path / "clip.pt", seed=0, finetune_steps=3, n_scenes=5)
-    cfg = json.loads((tiny_models.MODEL_CONFIG_DIR / f"{tiny_models.DEMO_CLIP_NAME}.json").read_text())
+    cfg = json.loads(
+        (tiny_models.MODEL_CONFIG_DIR / f"{tiny_models.DEMO_CLIP_NAME}.json").read_text()
+    )
 
     import open_clip
 
     open_clip.add_model_config(tiny_models.MODEL_CONFIG_DIR)
     assert tiny_models.DEMO_CLIP_NAME in open_clip.list_models()
-    model, _, preprocess = open_clip.create_model_and_transforms(tiny_models.DEMO_CLIP_NAME, pretrained=str(path))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        tiny_models.DEMO_CLIP_NAME, pretrained=str(path)
+    )
     model.eval()
     tokenizer = open_clip.get_tokenizer(tiny_models.DEMO_CLIP_NAME)
     # the checkpoint really was loaded: weights equal the saved ones, not a fresh init
@@ -83,9 +90,15 @@ def test_clip_loads_through_open_clip_and_embeds(tmp_path):
 
 
 def test_clip_build_is_deterministic_and_idempotent(tmp_path):
-    a = tiny_models.build_demo_clip(tmp_path / "a.safetensors", seed=3, finetune_steps=4, n_scenes=5)
-    b = tiny_models.build_demo_clip(tmp_path / "b.safetensors", seed=3, finetune_steps=4, n_scenes=5)
-    c = tiny_models.build_demo_clip(tmp_path / "c.safetensors", seed=4, finetune_steps=4, n_scenes=5)
+    a = tiny_models.build_demo_clip(
+        tmp_path / "a.safetensors", seed=3, finetune_steps=4, n_scenes=5
+    )
+    b = tiny_models.build_demo_clip(
+        tmp_path / "b.safetensors", seed=3, finetune_steps=4, n_scenes=5
+    )
+    c = tiny_models.build_demo_clip(
+        tmp_path / "c.safetensors", seed=4, finetune_steps=4, n_scenes=5
+    )
     sa, sb, sc = _state(a), _state(b), _state(c)
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -106,12 +119,19 @@ def test_finetuned_clip_separates_classes_and_planted_objects(demo_clip, fresh_d
     crops = []
     for row in gt.itertuples():
         with Image.open(out / row.image_path) as im:
-            crops.append(im.convert("RGB").crop((int(row.x1), int(row.y1), int(row.x2), int(row.y2))))
-    concepts = list(demo_scenes.CLASS_NAMES) + [kind[2] for kind in demo_scenes.PLANTED_KINDS.values()]
+            crops.append(
+                im.convert("RGB").crop((int(row.x1), int(row.y1), int(row.x2), int(row.y2)))
+            )
+    concepts = list(demo_scenes.CLASS_NAMES) + [
+        kind[2] for kind in demo_scenes.PLANTED_KINDS.values()
+    ]
     with torch.no_grad():
-        img = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(c) for c in crops])), dim=-1)
-        txt = torch.nn.functional.normalize(model.encode_text(tokenizer([f"a photo of a {c}" for c in concepts])),
-                                            dim=-1)
+        img = torch.nn.functional.normalize(
+            model.encode_image(torch.stack([preprocess(c) for c in crops])), dim=-1
+        )
+        txt = torch.nn.functional.normalize(
+            model.encode_text(tokenizer([f"a photo of a {c}" for c in concepts])), dim=-1
+        )
     # zero-shot: the class prompts rank the right class first for most objects
     pred = np.array(concepts)[(img @ txt[:4].T).argmax(1).numpy()]
     accuracy = float((pred == gt["class_name"].to_numpy()).mean())
@@ -121,15 +141,30 @@ def test_finetuned_clip_separates_classes_and_planted_objects(demo_clip, fresh_d
     sims = emb @ emb.T
     np.fill_diagonal(sims, -1)
     nearest_normal = np.where(planted[None, :], -1, sims).max(1)
-    print(f"\ntiny CLIP zero-shot class accuracy {accuracy:.2f}; nearest-normal similarity: "
-          f"planted {nearest_normal[planted].mean():.2f}, normal {nearest_normal[~planted].mean():.2f}")
+    print(
+        f"\ntiny CLIP zero-shot class accuracy {accuracy:.2f}; nearest-normal similarity: "
+        f"planted {nearest_normal[planted].mean():.2f}, normal {nearest_normal[~planted].mean():.2f}"
+    )
     assert accuracy >= 0.7
     assert nearest_normal[planted].mean() < nearest_normal[~planted].mean()
 
 
 def test_clip_cli(tmp_path):
     out = tmp_path / "cli_clip.pt"
-    assert tiny_models.main(["clip", "--out", str(out), "--finetune-steps", "0", "--cache-dir", str(tmp_path / "lib")]) == 0
+    assert (
+        tiny_models.main(
+            [
+                "clip",
+                "--out",
+                str(out),
+                "--finetune-steps",
+                "0",
+                "--cache-dir",
+                str(tmp_path / "lib"),
+            ]
+        )
+        == 0
+    )
     assert out.exists()
     model, _, _ = tiny_models.load_demo_clip(out)
     assert model.visual.output_dim == 64
@@ -155,9 +190,11 @@ def test_detector_loads_with_yolo(demo_detector):
 def test_detector_finds_objects_in_fresh_demo_scenes(demo_detector, fresh_demo):
     out, gt = fresh_demo
     result = tiny_models.detection_recall(demo_detector, out, gt, conf=0.25, iou=0.5)
-    print(f"\ntiny detector on {result['n_objects']} objects of fresh demo scenes: "
-          f"recall {result['recall']:.3f} (any class {result['recall_any_class']:.3f}), "
-          f"planted {result['n_planted_found']}/{result['n_planted']}, {result['n_detections']} detections")
+    print(
+        f"\ntiny detector on {result['n_objects']} objects of fresh demo scenes: "
+        f"recall {result['recall']:.3f} (any class {result['recall_any_class']:.3f}), "
+        f"planted {result['n_planted_found']}/{result['n_planted']}, {result['n_detections']} detections"
+    )
     assert result["recall"] >= MIN_RECALL
     assert result["n_detections"] <= 2 * result["n_objects"]  # not a box everywhere
 

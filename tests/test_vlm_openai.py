@@ -8,7 +8,7 @@ import socket
 import pytest
 from PIL import Image
 
-from rare_objects.vlm import CaptionError, OpenAICaptioner, make_captioner
+from rare_objects.backends.captioning import CaptionError, OpenAICaptioner, make_captioner
 from tests.fake_openai_server import FakeOpenAIServer
 
 SECRET = "sk-test-SECRET-4f9c2a7e1b"
@@ -28,18 +28,25 @@ def api_key(monkeypatch):
 def test_faults_are_retried_recorded_and_the_key_never_leaks(api_key, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, urllib3 included
     faults = {
-        41: [500],                       # server error, then success
-        42: ["timeout"],                 # no answer within the client's time-out, then success
-        43: ["malformed"],               # body is not JSON, then success
-        44: [503, 503, 503, 503],        # fails every attempt: recorded as its error
-        45: [401],                       # not retried; the server echoes the key in its message
-        46: [429, "no_choices"],         # rate limit, JSON without choices, then success
+        41: [500],  # server error, then success
+        42: ["timeout"],  # no answer within the client's time-out, then success
+        43: ["malformed"],  # body is not JSON, then success
+        44: [503, 503, 503, 503],  # fails every attempt: recorded as its error
+        45: [401],  # not retried; the server echoes the key in its message
+        46: [429, "no_choices"],  # rate limit, JSON without choices, then success
     }
     widths = list(range(40, 48))
     images = [crop(w, 20 + w % 7) for w in widths]
     with FakeOpenAIServer(faults=faults, hang_s=1.5) as server:
-        captioner = OpenAICaptioner(server.base_url, "fake-vlm", api_key_env=KEY_ENV, timeout_s=0.5,
-                                    max_retries=3, backoff_s=0.01, concurrency=3)
+        captioner = OpenAICaptioner(
+            server.base_url,
+            "fake-vlm",
+            api_key_env=KEY_ENV,
+            timeout_s=0.5,
+            max_retries=3,
+            backoff_s=0.01,
+            concurrency=3,
+        )
         results = captioner.caption(images)
 
         # order kept, nothing lost
@@ -69,7 +76,11 @@ def test_faults_are_retried_recorded_and_the_key_never_leaks(api_key, caplog):
     assert "Incorrect API key provided" in str(results[widths.index(45)])
     assert "***" in str(results[widths.index(45)])
     assert "attempt" in caplog.text  # the retries were logged
-    for text in [caplog.text, repr(captioner), str(captioner)] + [str(r) for r in results] + [repr(r) for r in results]:
+    for text in (
+        [caplog.text, repr(captioner), str(captioner)]
+        + [str(r) for r in results]
+        + [repr(r) for r in results]
+    ):
         assert SECRET not in text
         assert SECRET[:12] not in text
 
@@ -77,8 +88,16 @@ def test_faults_are_retried_recorded_and_the_key_never_leaks(api_key, caplog):
 def test_backoff_doubles_and_one_request_at_a_time(api_key):
     delays = []
     with FakeOpenAIServer(faults={30: [500, 500, 500], 31: [502]}) as server:
-        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, timeout_s=5, max_retries=3,
-                                    backoff_s=0.02, concurrency=1, sleep=lambda s: delays.append(s))
+        captioner = OpenAICaptioner(
+            server.base_url,
+            "m",
+            api_key_env=KEY_ENV,
+            timeout_s=5,
+            max_retries=3,
+            backoff_s=0.02,
+            concurrency=1,
+            sleep=lambda s: delays.append(s),
+        )
         results = captioner.caption([crop(30, 30), crop(31, 12), crop(32, 9)])
         assert results == ["object 30x30", "object 31x12", "object 32x9"]
         assert server.max_in_flight == 1
@@ -87,7 +106,9 @@ def test_backoff_doubles_and_one_request_at_a_time(api_key):
 
 def test_no_retries_when_max_retries_is_zero(api_key):
     with FakeOpenAIServer(faults={30: [500, 500]}) as server:
-        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, max_retries=0, backoff_s=0)
+        captioner = OpenAICaptioner(
+            server.base_url, "m", api_key_env=KEY_ENV, max_retries=0, backoff_s=0
+        )
         (result,) = captioner.caption([crop(30, 30)])
         assert isinstance(result, CaptionError)
         assert len(server.requests) == 1
@@ -106,8 +127,15 @@ def test_connection_refused_is_retried_then_recorded(api_key):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     delays = []
-    captioner = OpenAICaptioner(f"http://127.0.0.1:{port}/v1", "m", api_key_env=KEY_ENV, timeout_s=2,
-                                max_retries=2, backoff_s=0.01, sleep=delays.append)
+    captioner = OpenAICaptioner(
+        f"http://127.0.0.1:{port}/v1",
+        "m",
+        api_key_env=KEY_ENV,
+        timeout_s=2,
+        max_retries=2,
+        backoff_s=0.01,
+        sleep=delays.append,
+    )
     results = captioner.caption([crop(20, 20), crop(21, 20)])
     assert all(isinstance(r, CaptionError) and "connection" in str(r) for r in results)
     assert len(delays) == 4  # 2 retries for each of the 2 crops
@@ -117,11 +145,15 @@ def test_connection_refused_is_retried_then_recorded(api_key):
 def test_requests_fill_the_concurrency_and_reuse_their_connections(api_key):
     images = [crop(50 + i % 10, 20 + i // 10) for i in range(40)]
     with FakeOpenAIServer(faults={52: ["bad_json"]}, work_s=0.05) as server:
-        captioner = OpenAICaptioner(server.base_url, "m", api_key_env=KEY_ENV, concurrency=8, backoff_s=0.01)
+        captioner = OpenAICaptioner(
+            server.base_url, "m", api_key_env=KEY_ENV, concurrency=8, backoff_s=0.01
+        )
         first = captioner.caption(images)
         second = captioner.caption(images[:16])
         captioner.close()
-        assert first == [f"object {im.width}x{im.height}" for im in images]  # a JSON body that is not JSON: retried
+        assert first == [
+            f"object {im.width}x{im.height}" for im in images
+        ]  # a JSON body that is not JSON: retried
         assert second == first[:16]
         assert server.max_in_flight == 8
         # 57 requests over at most 8 connections, kept open from one call to the next
@@ -134,7 +166,7 @@ def test_requests_fill_the_concurrency_and_reuse_their_connections(api_key):
 
 
 def test_default_concurrency_keeps_a_batching_server_busy():
-    from rare_objects import config
+    from rare_objects.runtime import config
 
     default = config.defaults()["captions"]["openai"]["concurrency"]
     assert default >= 32
@@ -145,13 +177,37 @@ def test_make_captioner_openai_from_workflow_settings(api_key):
     settings = {
         "prompt": "What is this?",
         "max_new_tokens": 20,
-        "openai": {"base_url": "http://127.0.0.1:9/v1/", "model": "served-model", "api_key_env": KEY_ENV,
-                   "timeout_s": 7, "max_retries": 2, "backoff_s": 0.5, "concurrency": 2},
+        "openai": {
+            "base_url": "http://127.0.0.1:9/v1/",
+            "model": "served-model",
+            "api_key_env": KEY_ENV,
+            "timeout_s": 7,
+            "max_retries": 2,
+            "backoff_s": 0.5,
+            "concurrency": 2,
+        },
     }
     c = make_captioner("openai", settings)
     assert isinstance(c, OpenAICaptioner)
-    assert (c.url, c.model_name, c.timeout_s, c.max_retries, c.backoff_s, c.concurrency, c.max_tokens, c.prompt) == (
-        "http://127.0.0.1:9/v1/chat/completions", "served-model", 7.0, 2, 0.5, 2, 20, "What is this?")
+    assert (
+        c.url,
+        c.model_name,
+        c.timeout_s,
+        c.max_retries,
+        c.backoff_s,
+        c.concurrency,
+        c.max_tokens,
+        c.prompt,
+    ) == (
+        "http://127.0.0.1:9/v1/chat/completions",
+        "served-model",
+        7.0,
+        2,
+        0.5,
+        2,
+        20,
+        "What is this?",
+    )
     assert c.backend == "openai"
     assert make_captioner("none", settings) is None
     with pytest.raises(ValueError):

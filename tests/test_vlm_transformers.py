@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rare_objects import offline
+from rare_objects.runtime import offline
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     offline.configure(tmp_path_factory.mktemp("cache"))  # before transformers is imported
-    from rare_objects.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("models") / "qwen2vl-tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
 def captioner(tiny_dir):
-    from rare_objects.vlm import TransformersCaptioner
+    from rare_objects.backends.captioning import TransformersCaptioner
 
     return TransformersCaptioner(tiny_dir, device="cpu", batch_size=4, max_new_tokens=8)
 
@@ -38,7 +38,7 @@ def _digest(path) -> str:
 
 
 def test_tiny_model_is_deterministic_and_idempotent(tiny_dir, tmp_path):
-    from rare_objects.tiny_vlm import build_tiny_qwen2vl
+    from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
 
     files = ["model.safetensors", "tokenizer.json", "config.json", "processor_config.json"]
     before = {f: (tiny_dir / f).stat().st_mtime_ns for f in files}
@@ -59,7 +59,9 @@ def test_processor_has_image_and_video_processors_and_template(captioner):
     assert captioner.chat_text.endswith("<|im_start|>assistant\n")
     n_params = sum(p.numel() for p in captioner.model.parameters())
     assert n_params < 1_000_000
-    assert captioner.dtype.is_floating_point and str(captioner.dtype) == "torch.float32"  # fp32 on CPU
+    assert (
+        captioner.dtype.is_floating_point and str(captioner.dtype) == "torch.float32"
+    )  # fp32 on CPU
 
 
 def test_left_padding(captioner, tiny_dir):
@@ -69,8 +71,13 @@ def test_left_padding(captioner, tiny_dir):
     assert json.loads((tiny_dir / "tokenizer_config.json").read_text())["padding_side"] == "right"
     assert captioner.processor.tokenizer.padding_side == "left"
     images = crops()[:3]
-    inputs = captioner.processor(text=[captioner.chat_text] * 3, images=images, padding=True,
-                                 return_tensors="pt", size=captioner.size)
+    inputs = captioner.processor(
+        text=[captioner.chat_text] * 3,
+        images=images,
+        padding=True,
+        return_tensors="pt",
+        size=captioner.size,
+    )
     mask = inputs["attention_mask"]
     lengths = mask.sum(dim=1)
     assert len(set(lengths.tolist())) > 1  # different sizes -> different prompt lengths
@@ -95,7 +102,7 @@ def test_batched_captions_match_one_by_one(captioner):
 def test_oom_halves_the_batch_and_keeps_every_caption(tiny_dir, monkeypatch):
     import torch
 
-    from rare_objects.vlm import TransformersCaptioner
+    from rare_objects.backends.captioning import TransformersCaptioner
 
     c = TransformersCaptioner(tiny_dir, device="cpu", batch_size=4, max_new_tokens=8)
     images = crops()
@@ -127,14 +134,15 @@ def test_oom_halves_the_batch_and_keeps_every_caption(tiny_dir, monkeypatch):
 
 
 def test_other_errors_are_isolated_per_crop(tiny_dir, monkeypatch):
-    from rare_objects.vlm import TransformersCaptioner
+    from rare_objects.backends.captioning import TransformersCaptioner
 
     c = TransformersCaptioner(tiny_dir, device="cpu", batch_size=3, max_new_tokens=8)
     images = crops()[:3]
     expected = c.caption(images)
     real_generate = c.model.generate
-    bad_grid = c.processor(text=[c.chat_text], images=[images[1]], return_tensors="pt",
-                           size=c.size)["image_grid_thw"].tolist()
+    bad_grid = c.processor(
+        text=[c.chat_text], images=[images[1]], return_tensors="pt", size=c.size
+    )["image_grid_thw"].tolist()
 
     def generate(**kwargs):
         if kwargs["input_ids"].shape[0] > 1:
@@ -151,7 +159,7 @@ def test_other_errors_are_isolated_per_crop(tiny_dir, monkeypatch):
 
 
 def test_fit_batch_size():
-    from rare_objects.vlm import fit_batch_size
+    from rare_objects.backends.captioning import fit_batch_size
 
     gib = 2**30
     assert fit_batch_size(10 * gib, 1 * gib, max_batch=16) == 8  # 20 % kept in reserve
@@ -162,16 +170,31 @@ def test_fit_batch_size():
 
 
 def test_make_captioner_transformers(tiny_dir):
-    from rare_objects.vlm import TransformersCaptioner, make_captioner
+    from rare_objects.backends.captioning import TransformersCaptioner, make_captioner
 
-    c = make_captioner("transformers", {
-        "prompt": "What is it?", "max_new_tokens": 5, "device": "cpu",
-        "transformers": {"model": str(tiny_dir), "batch_size": 2, "dtype": "auto",
-                         "min_pixels": 3136, "max_pixels": 12544, "auto_batch": True},
-    })
+    c = make_captioner(
+        "transformers",
+        {
+            "prompt": "What is it?",
+            "max_new_tokens": 5,
+            "device": "cpu",
+            "transformers": {
+                "model": str(tiny_dir),
+                "batch_size": 2,
+                "dtype": "auto",
+                "min_pixels": 3136,
+                "max_pixels": 12544,
+                "auto_batch": True,
+            },
+        },
+    )
     assert isinstance(c, TransformersCaptioner)
     assert (c.batch_size, c.max_new_tokens, c.prompt, c.size) == (
-        2, 5, "What is it?", {"shortest_edge": 3136, "longest_edge": 12544})
+        2,
+        5,
+        "What is it?",
+        {"shortest_edge": 3136, "longest_edge": 12544},
+    )
     assert c.backend == "transformers" and c.model_name == tiny_dir.name
     out = c.caption(crops()[:3])
     assert all(isinstance(t, str) and t for t in out)
@@ -183,22 +206,27 @@ def test_caption_objects_with_the_tiny_model(captioner, tmp_path):
     """The captions stage end to end on real files: crops from two images, VLM + simple captions."""
     import pandas as pd
 
-    from rare_objects.captions import all_failed, caption_objects
+    from rare_objects.stages.captions import all_failed, caption_objects
+
     rng = np.random.default_rng(3)
     paths = []
     for k, (w, h) in enumerate([(320, 192), (200, 150)]):
         p = tmp_path / f"img{k}.jpg"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    objects = pd.DataFrame({
-        "object_id": ["i0-0", "i0-1", "i1-0", "i0-2", "i1-1"],
-        "image_path": [paths[0], paths[0], paths[1], paths[0], paths[1]],
-        "x1": [10.5, 100.0, 0.0, 200.0, 50.0], "y1": [20.0, 30.0, 0.0, 100.0, 60.0],
-        "x2": [60.2, 220.0, 40.0, 319.0, 199.0], "y2": [90.0, 150.0, 30.0, 191.0, 149.0],
-        "class_name": ["bicycle", "car", "trailer", "construction_vehicle", "truck"],
-        "confidence": [0.9, 0.8, 0.7, 0.6, 0.5],
-        "needs_vlm": [True, False, True, True, False],
-    })
+    objects = pd.DataFrame(
+        {
+            "object_id": ["i0-0", "i0-1", "i1-0", "i0-2", "i1-1"],
+            "image_path": [paths[0], paths[0], paths[1], paths[0], paths[1]],
+            "x1": [10.5, 100.0, 0.0, 200.0, 50.0],
+            "y1": [20.0, 30.0, 0.0, 100.0, 60.0],
+            "x2": [60.2, 220.0, 40.0, 319.0, 199.0],
+            "y2": [90.0, 150.0, 30.0, 191.0, 149.0],
+            "class_name": ["bicycle", "car", "trailer", "construction_vehicle", "truck"],
+            "confidence": [0.9, 0.8, 0.7, 0.6, 0.5],
+            "needs_vlm": [True, False, True, True, False],
+        }
+    )
     out = caption_objects(objects, captioner, batch_size=2)
     assert out["object_id"].tolist() == objects["object_id"].tolist()
     vlm = out[out["caption_kind"] == "vlm"]

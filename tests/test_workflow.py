@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import zlib
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +14,25 @@ import pytest
 import yaml
 from sklearn.neighbors import LocalOutlierFactor
 
-from rare_objects import schemas
+from rare_objects.io import schemas
 from tests.conftest import CACHE, REPO, planned_jobs, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.workflow
 
 RESULT_FIELDS = [
-    "path", "original_path", "sample_token", "class_name", "confidence", "bbox", "is_outlier", "outlier_code",
-    "top_concept", "is_final_outlier", "is_yolo_potential", "target_matches", "description",
+    "path",
+    "original_path",
+    "sample_token",
+    "class_name",
+    "confidence",
+    "bbox",
+    "is_outlier",
+    "outlier_code",
+    "top_concept",
+    "is_final_outlier",
+    "is_yolo_potential",
+    "target_matches",
+    "description",
 ]
 
 
@@ -36,13 +47,20 @@ def images(workflow_images):
 
 
 def _tables(results: Path, kind: str) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in sorted((results / "tables" / kind).glob("*.parquet"))], ignore_index=True)
+    return pd.concat(
+        [pd.read_parquet(p) for p in sorted((results / "tables" / kind).glob("*.parquet"))],
+        ignore_index=True,
+    )
 
 
 def test_parquet_tables_follow_the_schemas(run):
     workdir, _ = run
     tables = workdir / "results" / "tables"
-    for kind, schema in [("detections", schemas.DETECTIONS), ("images", schemas.IMAGES), ("rejects", schemas.REJECTS)]:
+    for kind, schema in [
+        ("detections", schemas.DETECTIONS),
+        ("images", schemas.IMAGES),
+        ("rejects", schemas.REJECTS),
+    ]:
         files = sorted((tables / kind).glob("*.parquet"))
         assert files, kind
         for path in files:
@@ -71,7 +89,11 @@ def test_object_counts_agree_from_detect_to_export(run):
     assert set(outliers["object_id"]) == set(detections["object_id"])
     assert len(exported) == len(detections) == stats["total_objects"]
     assert stats["class_distribution"] == detections["class_name"].value_counts().to_dict()
-    assert stats["outlier_count"] == int(outliers["is_outlier"].sum()) == sum(r["is_outlier"] for r in exported)
+    assert (
+        stats["outlier_count"]
+        == int(outliers["is_outlier"].sum())
+        == sum(r["is_outlier"] for r in exported)
+    )
     per_image = _tables(results, "images")
     ok = per_image[per_image["status"] == "ok"]
     assert ok["n_objects"].sum() == len(detections)
@@ -86,11 +108,22 @@ def test_every_result_field_is_present(run):
         x1, y1, x2, y2 = record["bbox"]
         assert x2 > x1 and y2 > y1
         assert record["is_outlier"] == (record["outlier_code"] != 0)
-    for target in config["targets"] if "targets" in config else ["construction_vehicle", "bicycle", "motorcycle", "trailer"]:
+    for target in (
+        config["targets"]
+        if "targets" in config
+        else ["construction_vehicle", "bicycle", "motorcycle", "trailer"]
+    ):
         matching = json.loads((results / f"{target}_results.json").read_text())
         assert all(target in r["target_matches"] for r in matching)
     stats = json.loads((results / "statistics.json").read_text())
-    for key in ("total_objects", "processed_objects", "outlier_count", "final_outlier_count", "target_counts", "class_distribution"):
+    for key in (
+        "total_objects",
+        "processed_objects",
+        "outlier_count",
+        "final_outlier_count",
+        "target_counts",
+        "class_distribution",
+    ):
         assert key in stats
     assert (results / "timing.txt").read_text().splitlines()[0].startswith("rule")
     assert (results / "tsne.png").stat().st_size > 10_000
@@ -104,9 +137,12 @@ def test_lof_flags_equal_scikit_learn_on_the_same_embeddings(run):
     matrix = np.stack(embeddings["embedding"].to_numpy()).astype(np.float32)
     ids = embeddings["object_id"].to_numpy()
     settings = config["outliers"]
-    expected_global = LocalOutlierFactor(
-        n_neighbors=settings["n_neighbors"], contamination=settings["contamination"]
-    ).fit_predict(matrix) == -1
+    expected_global = (
+        LocalOutlierFactor(
+            n_neighbors=settings["n_neighbors"], contamination=settings["contamination"]
+        ).fit_predict(matrix)
+        == -1
+    )
     np.testing.assert_array_equal(outliers.loc[ids, "global_outlier"].to_numpy(), expected_global)
     classes = outliers.loc[ids, "class_name"].to_numpy()
     expected_class = np.zeros(len(ids), dtype=bool)
@@ -114,12 +150,21 @@ def test_lof_flags_equal_scikit_learn_on_the_same_embeddings(run):
         rows = np.flatnonzero(classes == name)
         if len(rows) >= settings["min_samples"]:
             k = min(settings["n_neighbors"], len(rows) - 1)
-            expected_class[rows] = LocalOutlierFactor(n_neighbors=k, contamination=settings["contamination"]).fit_predict(matrix[rows]) == -1
+            expected_class[rows] = (
+                LocalOutlierFactor(
+                    n_neighbors=k, contamination=settings["contamination"]
+                ).fit_predict(matrix[rows])
+                == -1
+            )
     np.testing.assert_array_equal(outliers.loc[ids, "class_outlier"].to_numpy(), expected_class)
-    np.testing.assert_array_equal(outliers.loc[ids, "is_outlier"].to_numpy(), expected_global | expected_class)
+    np.testing.assert_array_equal(
+        outliers.loc[ids, "is_outlier"].to_numpy(), expected_global | expected_class
+    )
 
 
-def test_bad_images_are_rejected_with_reasons_and_good_ones_kept(run, bad_image_expectations, images):
+def test_bad_images_are_rejected_with_reasons_and_good_ones_kept(
+    run, bad_image_expectations, images
+):
     bad_expectations = bad_image_expectations
     workdir, _ = run
     results = workdir / "results"
@@ -130,7 +175,9 @@ def test_bad_images_are_rejected_with_reasons_and_good_ones_kept(run, bad_image_
         if expected == "ok":
             row = per_image[per_image["image_path"].str.endswith("/" + name)]
             assert len(row) == 1 and row["status"].iloc[0] == "ok", name
-        elif name.lower().endswith(tuple([".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"])):
+        elif name.lower().endswith(
+            tuple([".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"])
+        ):
             assert name in rejected, name
             assert rejected[name].startswith(expected), (name, rejected[name])
     csv = pd.read_csv(results / "rejected_images.csv")
@@ -192,8 +239,10 @@ def test_new_folder_schedules_only_new_shards_and_lof_change_no_detect(run, tmp_
         shutil.rmtree(new_folder)
 
 
-def test_nuscenes_dataroot_runs_with_sample_tokens_and_scene_shards(tmp_path, demo_scene_dir, demo_models):
-    from rare_objects.synthetic_nuscenes import write_dataroot
+def test_nuscenes_dataroot_runs_with_sample_tokens_and_scene_shards(
+    tmp_path, demo_scene_dir, demo_models
+):
+    from rare_objects.demo.synthetic_nuscenes import write_dataroot
 
     scenes = sorted(demo_scene_dir.rglob("*.jpg"))
 
@@ -201,13 +250,24 @@ def test_nuscenes_dataroot_runs_with_sample_tokens_and_scene_shards(tmp_path, de
         return scenes[zlib.crc32(f"{scene}{camera}{frame}".encode()) % len(scenes)].read_bytes()
 
     dataroot = tmp_path / "nuscenes"
-    write_dataroot(dataroot, scenes=["scene-0061", "scene-0103"], keyframes_per_scene=2, sweeps_per_keyframe=1, image_source=image_bytes)
+    write_dataroot(
+        dataroot,
+        scenes=["scene-0061", "scene-0103"],
+        keyframes_per_scene=2,
+        sweeps_per_keyframe=1,
+        image_source=image_bytes,
+    )
     config = workflow_config(
         tmp_path / "results",
         dataroot,
         demo_models,
-        input={"kind": "nuscenes", "path": str(dataroot), "shard_size": 500, "max_images": None,
-               "nuscenes": {"version": "v1.0-mini", "keyframes_only": True}},
+        input={
+            "kind": "nuscenes",
+            "path": str(dataroot),
+            "shard_size": 500,
+            "max_images": None,
+            "nuscenes": {"version": "v1.0-mini", "keyframes_only": True},
+        },
     )
     planned = planned_jobs(tmp_path, config)
     assert planned["detect"] == planned["embed"] == 2  # one shard per scene
@@ -218,7 +278,14 @@ def test_nuscenes_dataroot_runs_with_sample_tokens_and_scene_shards(tmp_path, de
     tables = json.loads((dataroot / "v1.0-mini" / "sample_data.json").read_text())
     token_of = {str(dataroot / r["filename"]): r["sample_token"] for r in tables}
     assert all(token_of[p] == t for p, t in zip(per_image["image_path"], per_image["sample_token"]))
-    assert set(per_image["camera"]) == {"CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"}
+    assert set(per_image["camera"]) == {
+        "CAM_FRONT",
+        "CAM_FRONT_LEFT",
+        "CAM_FRONT_RIGHT",
+        "CAM_BACK",
+        "CAM_BACK_LEFT",
+        "CAM_BACK_RIGHT",
+    }
     assert set(detections["shard"]) <= {"scene-0061.0000", "scene-0103.0000"}
     assert (tmp_path / "results" / "tables" / "outliers.parquet").exists()
 
@@ -231,8 +298,8 @@ def test_demo_meets_its_targets(tmp_path, demo_models):
     objects, final outliers >= 80 % of captioned planted and <= 10 % of captioned ordinary ones.
     The assertions leave a margin: these models have another seed than the demo's.
     """
-    from rare_objects.demo_eval import planted_report
-    from rare_objects.demo_scenes import generate_scenes
+    from rare_objects.demo.evaluation import planted_report
+    from rare_objects.demo.scenes import generate_scenes
 
     images = tmp_path / "images"
     generate_scenes(images, 60, seed=7)  # as the Makefile's demo-data
@@ -246,7 +313,13 @@ def test_demo_meets_its_targets(tmp_path, demo_models):
         "input": {**demo["input"], "path": str(images)},
         "demo": {**demo["demo"], "models_dir": str(demo_models)},
         "detector": {**demo["detector"], "weights": str(demo_models / "detector.pt")},
-        "captions": {**captions, "transformers": {**captions["transformers"], "model": str(demo_models / "qwen2vl-tiny")}},
+        "captions": {
+            **captions,
+            "transformers": {
+                **captions["transformers"],
+                "model": str(demo_models / "qwen2vl-tiny"),
+            },
+        },
     }
     run_snakemake(tmp_path, config)
     report = planted_report(tmp_path / "results", images)

@@ -50,13 +50,20 @@ def test_training_selection_of_the_run(workflow_run):
     workdir, config = workflow_run
     results = workdir / "results"
     table = pd.read_parquet(results / "training_selection.parquet")
-    assert pd.read_csv(results / "training_selection.csv")["sample"].tolist() == table["sample"].tolist()
+    assert (
+        pd.read_csv(results / "training_selection.csv")["sample"].tolist()
+        == table["sample"].tolist()
+    )
     exported = json.loads((results / "detection_results.json").read_text())
     stats = json.loads((results / "statistics.json").read_text())
     summary = stats["training_selection"]
-    mined = {r["original_path"] for r in exported if r["is_final_outlier"] is True}  # a folder input: image paths
+    mined = {
+        r["original_path"] for r in exported if r["is_final_outlier"] is True
+    }  # a folder input: image paths
     assert set(table.loc[table["reason"] == "mined", "sample"]) == mined
-    per_image = pd.concat([pd.read_parquet(p) for p in (results / "tables" / "images").glob("*.parquet")])
+    per_image = pd.concat(
+        [pd.read_parquet(p) for p in (results / "tables" / "images").glob("*.parquet")]
+    )
     pool = per_image.loc[per_image["status"] == "ok", "image_path"]
     assert summary["total_samples"] == len(pool)
     assert len(table) == summary["selected_samples"] == max(summary["budget"], len(mined))
@@ -66,6 +73,8 @@ def test_training_selection_of_the_run(workflow_run):
     counts = summary["class_counts"]
     assert {k: v["all"] for k, v in counts.items()} == stats["class_distribution"]
     for name, figures in counts.items():
-        assert figures["selection"] == sum(r["class_name"] == name and r["original_path"] in chosen for r in exported)
+        assert figures["selection"] == sum(
+            r["class_name"] == name and r["original_path"] in chosen for r in exported
+        )
     assert (results / "benchmarks" / "training_selection.tsv").exists()
     assert "samples chosen" in (results / "logs" / "training_selection.log").read_text()

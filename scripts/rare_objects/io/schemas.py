@@ -1,0 +1,203 @@
+"""The parquet schemas of every table the workflow writes: the one place for them.
+
+Each stage writes through :func:`write_table`, which casts to the schema and so
+fails loudly if a stage drifts from the contract.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rare_objects.io import atomic
+
+SCHEMA_VERSION = "1"
+
+# One row per detected object. object_id is stable across runs and data
+# additions: "<image_id>-<rank>", image_id being a hash of the image's path
+# relative to the input root, rank the object's position by score (0 = best).
+DETECTIONS = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("image_id", pa.string()),
+        ("shard", pa.string()),
+        ("image_path", pa.string()),
+        ("sample_token", pa.string()),
+        ("camera", pa.string()),
+        ("rank", pa.int16()),
+        ("class_id", pa.int16()),
+        ("class_name", pa.string()),
+        ("confidence", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("image_width", pa.int32()),
+        ("image_height", pa.int32()),
+        ("crop_width", pa.int32()),
+        ("crop_height", pa.int32()),
+    ]
+)
+
+# Images a stage could not use, with the reason; nothing is dropped silently.
+REJECTS = pa.schema(
+    [
+        ("image_path", pa.string()),
+        ("sample_token", pa.string()),
+        ("shard", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+# Per-image summary of the detect stage (so that images with zero objects are
+# still accounted for).
+IMAGES = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("shard", pa.string()),
+        ("image_path", pa.string()),
+        ("sample_token", pa.string()),
+        ("camera", pa.string()),
+        ("image_width", pa.int32()),
+        ("image_height", pa.int32()),
+        ("n_objects", pa.int32()),
+        ("status", pa.string()),  # "ok" or "rejected"
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """One row per object: its L2-normalised image embedding.
+
+    ``error`` is null when the embedding is valid; otherwise the embedding is
+    null and ``error`` says why (e.g. the image changed since detection).
+    """
+    return pa.schema(
+        [
+            ("object_id", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("error", pa.string()),
+        ]
+    )
+
+
+# One row per object with a valid embedding. outlier_code is a bit mask:
+# 1 = outlier in the global LOF, 2 = outlier in its class's LOF, 3 = both,
+# 0 = inlier. is_outlier == (outlier_code != 0), the original's OR-combination.
+# Scores are scikit-learn's negative_outlier_factor_ (lower = more anomalous);
+# class_score is null where the class had fewer than min_samples objects.
+OUTLIERS = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("class_name", pa.string()),
+        ("global_score", pa.float32()),
+        ("class_score", pa.float32()),
+        ("global_outlier", pa.bool_()),
+        ("class_outlier", pa.bool_()),
+        ("outlier_code", pa.int8()),
+        ("is_outlier", pa.bool_()),
+    ]
+)
+
+# One row per object considered for captioning, with why it was kept or dropped.
+SELECTION = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("class_name", pa.string()),
+        ("is_outlier", pa.bool_()),
+        ("target_matches", pa.list_(pa.string())),
+        ("is_yolo_potential", pa.bool_()),
+        ("candidate", pa.bool_()),  # matched the selection criteria
+        ("cluster_id", pa.int64()),  # diversity cluster (null if not a candidate)
+        ("selected", pa.bool_()),
+        ("reason", pa.string()),
+        ("needs_vlm", pa.bool_()),  # VLM caption (else the simple caption)
+        ("caption_partition", pa.int32()),  # null when not selected
+        # What a caption job needs, so it reads this table alone:
+        ("image_path", pa.string()),
+        ("confidence", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("priority", pa.float32()),  # global LOF score: lower is kept first
+    ]
+)
+
+CAPTIONS = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("caption_kind", pa.string()),  # "vlm" or "simple"
+        ("description", pa.string()),
+        ("error", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+    ]
+)
+
+CONCEPTS = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("top_concept", pa.string()),
+        ("top_concept_is_common", pa.bool_()),
+        ("is_final_outlier", pa.bool_()),
+        ("concepts", pa.list_(pa.string())),
+        ("probabilities", pa.list_(pa.float32())),
+    ]
+)
+
+# The training-selection list: one row per chosen sample (a nuScenes sample
+# token, or an image path for a folder input). reason is "mined" (the sample
+# holds a mined object; mined_by names the kinds, comma-separated) or
+# "random_fill" (the seeded random share up to the budget).
+TRAINING_SELECTION = pa.schema(
+    [
+        ("sample", pa.string()),
+        ("reason", pa.string()),
+        ("mined_by", pa.string()),
+        ("mined_objects", pa.int32()),
+        ("n_objects", pa.int32()),
+        ("n_images", pa.int32()),
+    ]
+)
+
+# One row per object on the explorer's map (rare_objects.report.projection): every
+# mined object plus a seeded sample of the rest, with its 2-D coordinates.
+# shown_reason: final_outlier, outlier, target or sample; method: tsne or umap.
+PROJECTION = pa.schema(
+    [
+        ("object_id", pa.string()),
+        ("class_name", pa.string()),
+        ("is_outlier", pa.bool_()),
+        ("shown_reason", pa.string()),
+        ("method", pa.string()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+    ]
+)
+
+
+def write_table(
+    table: pa.Table | pd.DataFrame,
+    schema: pa.Schema,
+    path: str | os.PathLike,
+    metadata: dict | None = None,
+) -> None:
+    """Cast ``table`` (an arrow table or a DataFrame) to ``schema``; write it atomically to ``path``."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    table = table.select(schema.names).cast(schema)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

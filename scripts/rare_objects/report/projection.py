@@ -1,0 +1,214 @@
+"""The 2-D map of the objects behind the explorer: which objects it shows, and their t-SNE or UMAP coordinates.
+
+Shown are every mined object (final outlier, outlier, target match) and a
+seeded sample of the rest, up to ``max_points`` in all (:func:`choose_shown`).
+Only the embeddings of the shown objects are read (:func:`read_embeddings_of`,
+one record batch at a time), so the stage holds at most ``max_points`` vectors
+however large the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rare_objects.io.embeddings import EMBEDDING, _as_paths, _batch_vectors, _valid_mask
+from rare_objects.report import tsne
+
+log = logging.getLogger("rare_objects.report.projection")
+
+METHODS = ("tsne", "umap")
+
+# Why an object is on the map, most important first: when the mined objects
+# alone exceed the cap, they are taken in this order.
+SHOWN_REASONS = ("final_outlier", "outlier", "target", "sample")
+
+
+def shown_reasons(is_final_outlier, is_outlier, is_target) -> np.ndarray:
+    """Each object's reason to be on the map (``sample`` = none: only by sampling)."""
+    final = np.asarray(is_final_outlier, dtype=bool)
+    outlier = np.asarray(is_outlier, dtype=bool)
+    target = np.asarray(is_target, dtype=bool)
+    return np.select([final, outlier, target], SHOWN_REASONS[:3], default="sample").astype(object)
+
+
+def anomaly_score(global_score, class_score) -> np.ndarray:
+    """The lower of an object's global and class LOF scores (lower = more anomalous; NaN class score ignored)."""
+    g = np.asarray(global_score, dtype=np.float64)
+    c = np.asarray(class_score, dtype=np.float64)
+    return np.fmin(g, c)
+
+
+def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
+    """Sorted row indices of the objects on the map.
+
+    Every mined object (reason other than ``sample``) is taken when they fit in
+    ``max_points``; the rest of the budget is a seeded sample of the others.
+    When the mined objects alone exceed the budget they are taken by reason
+    (:data:`SHOWN_REASONS` order), most anomalous (lowest score) first within
+    a reason, ties by row.
+    """
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    reasons = np.asarray(reasons, dtype=object)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(reasons)
+    if n <= max_points:
+        return np.arange(n)
+    mined = np.flatnonzero(reasons != "sample")
+    rest = np.flatnonzero(reasons == "sample")
+    if len(mined) >= max_points:
+        rank = np.array([SHOWN_REASONS.index(r) for r in reasons[mined]])
+        score = np.nan_to_num(scores[mined], nan=np.inf)
+        order = np.lexsort((mined, score, rank))
+        return np.sort(mined[order[:max_points]])
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(rest, size=max_points - len(mined), replace=False)
+    return np.sort(np.concatenate([mined, sample]))
+
+
+def read_embeddings_of(
+    paths, object_ids: Iterable[str], batch_size: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order.
+
+    Reads ``object_id`` and ``embedding`` one record batch at a time and keeps
+    only the wanted rows, so memory is the wanted vectors plus one batch.
+    """
+    wanted = pd.Index(pd.unique(np.asarray(list(object_ids), dtype=object)))
+    ids: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
+    for path in _as_paths(paths):
+        parquet = pq.ParquetFile(path)
+        names = [c for c in ("object_id", EMBEDDING, "error") if c in parquet.schema_arrow.names]
+        dim = parquet.schema_arrow.field(EMBEDDING).type.list_size
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=names):
+            batch_ids = batch.column("object_id").to_numpy(zero_copy_only=False)
+            keep = (wanted.get_indexer(batch_ids) >= 0) & _valid_mask(batch)
+            if keep.any():
+                ids.append(batch_ids[keep])
+                blocks.append(_batch_vectors(batch.column(EMBEDDING), dim)[keep].copy())
+    if not blocks:
+        return np.empty(0, dtype=object), np.empty((0, 0), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(blocks)
+
+
+def umap_coordinates(
+    X: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, pca_dims: int = 50
+) -> np.ndarray:
+    """2-D UMAP (umap-learn) of the rows of ``X``, after PCA to ``pca_dims``; handles tiny inputs like t-SNE."""
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    if n <= 2:
+        return tsne.tsne_coordinates(X)  # the same fixed layouts for 0, 1 and 2 points
+    import umap
+    from sklearn.decomposition import PCA
+
+    n_comp = min(pca_dims, n, X.shape[1])
+    Z = PCA(n_components=n_comp, random_state=seed).fit_transform(X) if X.shape[1] > n_comp else X
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=int(max(2, min(n_neighbors, n - 1))),
+        min_dist=min_dist,
+        random_state=seed,  # reproducible; umap-learn then runs single-threaded
+        n_jobs=1,
+        init="spectral" if n > n_neighbors + 1 else "random",
+    )
+    return np.asarray(reducer.fit_transform(np.asarray(Z, dtype=np.float32)), dtype=np.float32)
+
+
+def coordinates(
+    X: np.ndarray, method: str, settings: dict, seed: int, threads: int | None = None
+) -> np.ndarray:
+    """2-D coordinates of the rows of ``X`` by ``method`` (``tsne`` or ``umap``)."""
+    if method == "tsne":
+        return tsne.tsne_coordinates(
+            X, perplexity=settings["perplexity"], seed=seed, threads=threads
+        )
+    if method == "umap":
+        return umap_coordinates(
+            X,
+            n_neighbors=settings["umap_n_neighbors"],
+            min_dist=settings["umap_min_dist"],
+            seed=seed,
+        )
+    raise ValueError(f"unknown projection method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def project(
+    embedding_paths,
+    outliers: pd.DataFrame,
+    concepts: pd.DataFrame | None,
+    targets: dict[str, list[str]],
+    settings: dict,
+    seed: int,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """The projection table (:data:`rare_objects.io.schemas.PROJECTION`) of a run.
+
+    ``outliers`` is the outlier table (one row per embedded object),
+    ``concepts`` the concept table (final outliers), ``settings`` the
+    ``projection`` section of the configuration.
+    """
+    from rare_objects.export import target_matches
+
+    final = pd.Series(False, index=outliers["object_id"].to_numpy())
+    if concepts is not None and len(concepts):
+        flags = concepts.set_index("object_id")["is_final_outlier"].fillna(False).astype(bool)
+        final = flags.reindex(final.index).fillna(False).astype(bool)
+    is_target = target_matches(outliers["class_name"], targets).map(bool).to_numpy()
+    reasons = shown_reasons(
+        final.to_numpy(), outliers["is_outlier"].to_numpy(dtype=bool), is_target
+    )
+    scores = anomaly_score(outliers["global_score"], outliers["class_score"])
+    rows = choose_shown(reasons, scores, settings["max_points"], seed)
+    mined = int((reasons != "sample").sum())
+    log.info(
+        "map: %d of %d objects (%d mined, %d of them shown), method %s",
+        len(rows),
+        len(outliers),
+        mined,
+        int((reasons[rows] != "sample").sum()),
+        settings["method"],
+    )
+    chosen = outliers.iloc[rows]
+    ids, X = read_embeddings_of(embedding_paths, chosen["object_id"])
+    order = pd.Index(ids).get_indexer(chosen["object_id"].to_numpy())
+    if (order < 0).any():
+        raise ValueError(f"{int((order < 0).sum())} shown objects have no valid embedding")
+    coords = coordinates(X[order], settings["method"], settings, seed, threads=threads)
+    return pd.DataFrame(
+        {
+            "object_id": chosen["object_id"].to_numpy(),
+            "class_name": chosen["class_name"].to_numpy(),
+            "is_outlier": chosen["is_outlier"].to_numpy(dtype=bool),
+            "shown_reason": reasons[rows],
+            "method": settings["method"],
+            "x": coords[:, 0] if len(rows) else np.empty(0, np.float32),
+            "y": coords[:, 1] if len(rows) else np.empty(0, np.float32),
+        }
+    )
+
+
+def write_projection(frame: pd.DataFrame, path: str | os.PathLike, total_objects: int) -> None:
+    from rare_objects.io import schemas
+
+    schemas.write_table(
+        frame,
+        schemas.PROJECTION,
+        path,
+        metadata={"total_objects": total_objects},
+    )
+
+
+def plot_projection(frame: pd.DataFrame, out_png, total_objects: int) -> None:
+    """The static picture of the map (coloured by class, outliers marked), as tsne.png is drawn."""
+    method = "UMAP" if (len(frame) and frame["method"].iloc[0] == "umap") else "t-SNE"
+    tsne.draw_map(
+        frame, out_png, f"{method} of object embeddings (the explorer's map)", total_objects
+    )

@@ -1,0 +1,97 @@
+"""Validate the workflow's configuration against its JSON schema.
+
+The schema (schemas/config.schema.yaml) gives every key a type, a default and a
+description. :func:`validate` fills in the defaults and reports every wrong
+value at once, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration has wrong values; the message lists each key."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    default = subschema["default"]
+                    instance[name] = (
+                        default.copy() if isinstance(default, (dict, list)) else default
+                    )
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _describe(error) -> str:
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    if error.validator == "enum":
+        allowed = ", ".join(repr(v) for v in error.validator_value)
+        return f"{key}: {error.instance!r} is not allowed; use one of {allowed}"
+    if error.validator == "additionalProperties":
+        return f"{key}: {error.message} (check the spelling against schemas/config.schema.yaml)"
+    return f"{key}: {error.message}"
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Fill defaults into ``config`` in place and check it; return it.
+
+    Raises :class:`ConfigError` listing every problem, one line per key.
+    """
+    schema = schema if schema is not None else load_schema()
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict) -> None:
+    """Checks a JSON schema cannot express."""
+    problems = []
+    device = config.get("device", "auto")
+    if not (
+        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    ):
+        problems.append(f"device: {device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    embedder = config.get("embedder", {})
+    if embedder.get("preset") == "custom" and not embedder.get("model"):
+        problems.append("embedder.model: required when embedder.preset is 'custom'")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+def defaults(schema: dict | None = None) -> dict:
+    """The configuration that the schema's defaults alone give."""
+    return validate({}, schema)
+
+
+def get(config: dict, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value

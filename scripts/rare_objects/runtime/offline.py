@@ -1,0 +1,64 @@
+"""Keep every library offline and its caches inside the project.
+
+Call :func:`configure` before importing ultralytics, open_clip, transformers or
+matplotlib: several of them read these variables at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Folder for library caches and settings; overridable so that a cluster job
+# can point it at node-local scratch.
+DEFAULT_CACHE_DIR = Path(
+    os.environ.get("RARE_OBJECTS_CACHE", Path.home() / ".cache" / "rare-object-mining")
+)
+
+
+def configure(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Set the environment so that nothing is downloaded at run time.
+
+    Returns the cache folder used. Variables the user already set are kept.
+    """
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    cache.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        # ultralytics: no DNS look-ups, no pip auto-installs, settings.json in our cache
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "false",
+        "YOLO_VERBOSE": "false",
+        "YOLO_CONFIG_DIR": str(cache / "ultralytics"),
+        # Hugging Face: local files only
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(cache / "huggingface"),
+        "MPLCONFIGDIR": str(cache / "matplotlib"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+        # numba (umap-learn, pynndescent) compiles to a cache of its own
+        "NUMBA_CACHE_DIR": str(cache / "numba"),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    for key in ("YOLO_CONFIG_DIR", "HF_HOME", "MPLCONFIGDIR"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    _provide_ultralytics_font(Path(os.environ["YOLO_CONFIG_DIR"]))
+    return cache
+
+
+def _provide_ultralytics_font(config_dir: Path) -> None:
+    """ultralytics fetches Arial.ttf from the web when it plots; give it a local TTF."""
+    target = config_dir / "Ultralytics" / "Arial.ttf"
+    if target.exists():
+        return
+    try:
+        import matplotlib
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except ImportError:  # matplotlib absent: ultralytics will only warn when plotting
+        return
+    if source.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)

@@ -1,0 +1,216 @@
+"""Caption the selected objects: VLM captions for the chosen crops, simple ones for the rest.
+
+As the original's ``generate_descriptions_batch``: objects outside the targets
+get a simple caption built from the detector's answer (:func:`simple_caption`);
+the others are cropped from their image and sent to a vision-language model.
+A failure on one object is recorded on its row (``description`` null, ``error``
+set) and the job goes on; :func:`all_failed` tells the rule when every VLM call
+failed, so that it can fail the job and a rerun retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from rare_objects.io.schemas import CAPTIONS
+
+_logger = logging.getLogger("rare_objects.stages.captions")
+
+REQUIRED_COLUMNS = [
+    "object_id",
+    "image_path",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "class_name",
+    "confidence",
+    "needs_vlm",
+]
+
+
+def simple_caption(class_name: str, confidence: float) -> str:
+    """The caption of an object that is not sent to the VLM.
+
+    Exactly ``"{A|An} {name} detected by YOLO with confidence {confidence:.2f}."``
+    where ``name`` is the class name with underscores replaced by spaces and
+    the article is "An" before a vowel letter (a, e, i, o, u), else "A", e.g.
+    ``simple_caption("construction_vehicle", 0.8712)`` ->
+    ``"A construction vehicle detected by YOLO with confidence 0.87."``.
+    """
+    name = str(class_name).replace("_", " ").strip()
+    article = "An" if name[:1].lower() in "aeiou" and name else "A"
+    return f"{article} {name} detected by YOLO with confidence {float(confidence):.2f}."
+
+
+def _emit(log: Any, message: str) -> None:
+    if log is None:
+        _logger.info(message)
+    elif hasattr(log, "info"):
+        log.info(message)
+    else:
+        log(message)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and not text.startswith(name) else (text or name)
+
+
+def caption_objects(
+    objects: pd.DataFrame,
+    captioner,
+    batch_size: int = 8,
+    log: Callable[[str], None] | logging.Logger | None = None,
+    progress_every: int = 50,
+    load_workers: int = 2,
+) -> pd.DataFrame:
+    """Caption every row of ``objects``; returns a frame with the CAPTIONS columns, in input order.
+
+    ``objects`` has the columns of :data:`REQUIRED_COLUMNS`; bbox is in original
+    image pixels. Each image is opened once (rows are grouped by
+    ``image_path``); crops of rows with ``needs_vlm`` go to ``captioner`` in
+    groups of ``batch_size`` (the captioner may batch further), so that at most
+    that many crops are held in memory. With ``captioner=None`` (backend
+    "none") every row gets a simple caption. An empty VLM answer counts as a
+    failure. A progress line goes to ``log`` (a logger or a callable) every
+    ``progress_every`` objects and at the end. ``load_workers`` threads decode
+    the next images ahead (0: in this thread).
+    """
+    from rare_objects.io import images as imgs
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in objects.columns]
+    if missing:
+        raise ValueError(f"objects lack columns {missing}")
+    n = len(objects)
+    backend = getattr(captioner, "backend", None) if captioner is not None else None
+    model = getattr(captioner, "model_name", None) if captioner is not None else None
+    batch_size = max(1, int(batch_size))
+
+    rows: list[dict | None] = [None] * n
+    done = 0
+    next_report = progress_every if progress_every else None
+
+    def progress(k: int) -> None:
+        nonlocal done, next_report
+        done += k
+        if next_report is not None and (done >= next_report or done == n):
+            _emit(log, f"captions: {done}/{n} objects")
+            while next_report is not None and next_report <= done:
+                next_report += progress_every
+
+    def vlm_row(i: int, description=None, error=None) -> None:
+        rows[i] = {
+            "object_id": ids[i],
+            "caption_kind": "vlm",
+            "description": description,
+            "error": error,
+            "backend": backend,
+            "model": model,
+        }
+
+    ids = objects["object_id"].astype(str).tolist()
+    needs = (
+        objects["needs_vlm"].fillna(False).astype(bool).tolist()
+        if captioner is not None
+        else [False] * n
+    )
+    if captioner is None and bool(objects["needs_vlm"].fillna(False).any()):
+        _emit(log, "captions: no VLM backend configured; every object gets a simple caption")
+    classes = objects["class_name"].tolist()
+    confs = objects["confidence"].tolist()
+
+    # Simple captions need no image.
+    n_simple = 0
+    for i in range(n):
+        if not needs[i]:
+            rows[i] = {
+                "object_id": ids[i],
+                "caption_kind": "simple",
+                "description": simple_caption(classes[i], confs[i]),
+                "error": None,
+                "backend": "simple",
+                "model": None,
+            }
+            n_simple += 1
+    if n_simple:
+        progress(n_simple)
+
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        idx = [i for i, _ in pending]
+        crops = [c for _, c in pending]
+        pending.clear()
+        try:
+            results = list(captioner.caption(crops))
+            if len(results) != len(crops):
+                raise RuntimeError(
+                    f"captioner returned {len(results)} answers for {len(crops)} crops"
+                )
+        except Exception as exc:  # noqa: BLE001 - the whole call failed: every row gets the error
+            results = [exc] * len(crops)
+        for i, result in zip(idx, results):
+            if isinstance(result, BaseException):
+                vlm_row(i, error=_error_text(result))
+            elif not isinstance(result, str) or not result.strip():
+                vlm_row(i, error="empty caption from the VLM")
+            else:
+                vlm_row(i, description=result.strip())
+        progress(len(idx))
+
+    vlm_positions = [i for i in range(n) if needs[i]]
+    if vlm_positions:
+        paths = objects["image_path"].tolist()
+        boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+        by_image: dict[str, list[int]] = {}
+        for i in vlm_positions:
+            by_image.setdefault(paths[i], []).append(i)
+        # Decode the next images in threads while the captioner works on the current crops.
+        loaded = imgs.iter_images_prefetched(
+            list(by_image), imgs.open_rgb, workers=load_workers, catch=(Exception,)
+        )
+        for _, path, image in loaded:
+            members = by_image[path]
+            if isinstance(image, BaseException):  # ImageRejected or an I/O error
+                for i in members:
+                    vlm_row(i, error=f"image could not be read: {_error_text(image)}")
+                progress(len(members))
+                continue
+            try:
+                for i in members:
+                    try:
+                        crop = imgs.crop(image, tuple(boxes[i]))
+                    except Exception as exc:  # noqa: BLE001
+                        vlm_row(i, error=f"crop failed: {_error_text(exc)}")
+                        progress(1)
+                        continue
+                    pending.append((i, crop))
+                    if len(pending) >= batch_size:
+                        flush()
+            finally:
+                close = getattr(image, "close", None)
+                if close:
+                    close()
+        flush()
+
+    frame = pd.DataFrame(rows, columns=CAPTIONS.names)
+    n_vlm = len(vlm_positions)
+    n_failed = int(frame.loc[frame["caption_kind"] == "vlm", "error"].notna().sum()) if n else 0
+    _emit(log, f"captions: done, {n} objects ({n_vlm} VLM, {n_failed} failed; {n - n_vlm} simple)")
+    return frame
+
+
+def all_failed(frame: pd.DataFrame) -> bool:
+    """True when there were VLM captions to make and every one of them failed."""
+    if frame is None or len(frame) == 0:
+        return False
+    vlm = frame[frame["caption_kind"] == "vlm"]
+    return len(vlm) > 0 and bool(vlm["error"].notna().all())

@@ -1,0 +1,108 @@
+"""open_clip image embeddings of every detected object (the original's CLIPFeatureExtractor).
+
+Each image is decoded once, in loader threads that run ahead of the model;
+its crops are cut, resized and normalised on the model's device
+(:meth:`rare_objects.runtime.models.ClipModel.crop_batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rare_objects.io import images
+from rare_objects.io.schemas import embeddings_schema
+from rare_objects.runtime.logs import Progress
+
+log = logging.getLogger("rare_objects.embed")
+
+
+def embed_objects(
+    detections: pd.DataFrame,
+    clip,
+    batch_size: int = 64,
+    open_image=images.open_rgb,
+    loader_workers: int = 2,
+) -> pa.Table:
+    """Embeddings of every row of ``detections`` as a table of ``embeddings_schema(clip.dim)``.
+
+    An object whose image can no longer be read gets a null embedding and the
+    reason in ``error``; every detection keeps its row.
+    """
+    import torch
+
+    by_image = list(detections.groupby("image_path", sort=False))
+    progress = Progress(log, "embed objects", len(detections))
+
+    def load(path):
+        return clip.crop_batch(np.asarray(open_image(path)), boxes_by_image[path])
+
+    by_image_rows = {path: rows for path, rows in by_image}
+    boxes_by_image = {path: rows[["x1", "y1", "x2", "y2"]].to_numpy() for path, rows in by_image}
+    # Blocks of consecutive rows in output order: (object ids, (n, dim) float32 or None, error).
+    blocks: list[tuple[list, np.ndarray | None, str | None]] = []
+    batch_ids: list[str] = []
+    batch_tensors: list = []
+
+    def flush():
+        if not batch_tensors:
+            return
+        blocks.append((list(batch_ids), clip.encode_batch(torch.cat(batch_tensors)), None))
+        progress.update(len(batch_ids))
+        batch_ids.clear()
+        batch_tensors.clear()
+
+    for _, path, loaded in images.iter_images_prefetched(
+        [p for p, _ in by_image], load, workers=loader_workers
+    ):
+        rows = by_image_rows[path]
+        if isinstance(loaded, Exception):
+            log.warning("cannot embed the %d objects of %s", len(rows), loaded)
+            flush()  # keep output order = input order
+            blocks.append(
+                (
+                    rows["object_id"].tolist(),
+                    None,
+                    f"{getattr(loaded, 'reason', type(loaded).__name__)}: {loaded}",
+                )
+            )
+            progress.update(len(rows))
+            continue
+        batch_ids.extend(rows["object_id"])
+        batch_tensors.append(loaded)
+        if len(batch_ids) >= batch_size:
+            flush()
+    flush()
+    return _embedding_table(blocks, clip.dim)
+
+
+def _embedding_table(blocks, dim: int) -> pa.Table:
+    """The embeddings table from :func:`embed_objects`' blocks, built from one flat buffer
+    (a list of per-row arrays would make pyarrow convert every float in Python)."""
+    schema = embeddings_schema(dim)
+    ids = [object_id for block_ids, _, _ in blocks for object_id in block_ids]
+    values = np.zeros((len(ids), dim), dtype=np.float32)
+    valid = np.zeros(len(ids), dtype=bool)
+    errors: list[str | None] = []
+    start = 0
+    for block_ids, vectors, error in blocks:
+        stop = start + len(block_ids)
+        if vectors is not None:
+            values[start:stop] = vectors
+            valid[start:stop] = True
+        errors.extend([error] * len(block_ids))
+        start = stop
+    embedding = pa.FixedSizeListArray.from_arrays(
+        pa.array(values.ravel()), dim, mask=pa.array(~valid)
+    )
+    return pa.table(
+        {
+            "object_id": pa.array(ids, pa.string()),
+            "embedding": embedding,
+            "error": pa.array(errors, pa.string()),
+        },
+        schema=schema,
+    )

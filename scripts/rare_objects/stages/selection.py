@@ -1,0 +1,87 @@
+"""Which objects get a caption: outliers and target matches, then the diversity filter.
+
+The original's get_optimized_target_classes and avoid_similar_images, as one
+table that says for every object whether it was kept and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from rare_objects.export import target_matches
+from rare_objects.stages.diversity import diversity_filter
+from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX
+
+
+def caption_partition(object_ids: pd.Series, partitions: int) -> np.ndarray:
+    """Stable partition of each object (a hash of its id, not of its position)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha1(i.encode()).digest()[:4], "little") % partitions
+            for i in object_ids
+        ],
+        dtype=np.int32,
+    )
+
+
+def select_objects(
+    objects: pd.DataFrame,
+    matrix: np.ndarray,
+    targets: dict[str, list[str]],
+    include: list[str],
+    vlm_for: list[str],
+    similarity_threshold: float,
+    max_per_cluster: int,
+    partitions: int,
+    exact_max: int = DEFAULT_EXACT_MAX,
+) -> pd.DataFrame:
+    """The selection table (schemas.SELECTION) for ``objects``.
+
+    ``objects`` has object_id, class_name, is_outlier, global_score, image_path,
+    confidence and the box, in the row order of ``matrix`` (their embeddings).
+    """
+    frame = objects.reset_index(drop=True).copy()
+    frame["target_matches"] = target_matches(frame["class_name"], targets)
+    frame["is_yolo_potential"] = frame["target_matches"].map(bool)
+    is_target = frame["is_yolo_potential"].to_numpy()
+    is_outlier = frame["is_outlier"].to_numpy(dtype=bool)
+    if "all" in include:
+        candidate = np.ones(len(frame), dtype=bool)
+    else:
+        candidate = np.zeros(len(frame), dtype=bool)
+        if "outliers" in include:
+            candidate |= is_outlier
+        if "targets" in include:
+            candidate |= is_target
+    frame["candidate"] = candidate
+    frame["priority"] = frame["global_score"].astype(np.float32)
+    frame["cluster_id"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+    frame["selected"] = False
+    frame["reason"] = "not_a_candidate"
+    positions = np.flatnonzero(candidate)
+    if len(positions):
+        cluster, keep, reason = diversity_filter(
+            matrix[positions],
+            frame["priority"].to_numpy()[positions],
+            threshold=similarity_threshold,
+            max_per_cluster=max_per_cluster,
+            exact_max=exact_max,
+        )
+        frame.loc[positions, "cluster_id"] = cluster
+        frame.loc[positions, "selected"] = keep
+        frame.loc[positions, "reason"] = reason
+    wants_vlm = np.zeros(len(frame), dtype=bool)
+    if "all" in vlm_for:
+        wants_vlm[:] = True
+    if "targets" in vlm_for:
+        wants_vlm |= is_target
+    if "outliers" in vlm_for:
+        wants_vlm |= is_outlier
+    frame["needs_vlm"] = frame["selected"] & wants_vlm
+    partition = caption_partition(frame["object_id"], partitions)
+    frame["caption_partition"] = pd.array(np.where(frame["selected"], partition, 0), dtype="Int32")
+    frame.loc[~frame["selected"], "caption_partition"] = pd.NA
+    return frame

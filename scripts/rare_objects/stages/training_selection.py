@@ -1,0 +1,200 @@
+"""The training-selection list: every sample holding a mined object, plus a seeded random fill up to a budget.
+
+The method's deliverable: a detector trained on a random share of the data plus
+the mined share keeps most of the full-data performance. A *sample* is what a
+training pipeline takes: a nuScenes sample token (all cameras of one keyframe)
+or, for a folder input, one image path (file stems are not unique across
+folders). The pool is every sample with at least one usable image (status
+``ok`` in the image tables), with or without objects.
+
+Rule when the mined samples alone exceed the budget: all of them are kept (they
+are the point of the mining), no random sample is added, and the summary says
+``over_budget: true``.
+
+The functions read the stage tables a few columns at a time: the per-object
+flags are kept as sets of object ids (outliers are a few percent of the
+objects, final outliers fewer), and the detection shards are read twice, once
+to find the mined samples and once to count classes in the chosen ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from rare_objects.io import atomic, schemas
+
+log = logging.getLogger("rare_objects.stages.training_selection")
+
+MINED_KINDS = ("final_outliers", "outliers", "targets")
+MINED = "mined"
+RANDOM_FILL = "random_fill"
+
+
+def sample_column(input_kind: str) -> str:
+    """The column that names a sample: the sample token for nuScenes, the image path for a folder."""
+    return "sample_token" if input_kind == "nuscenes" else "image_path"
+
+
+def flagged_ids(path: str | os.PathLike | None, column: str) -> set[str]:
+    """Object ids whose boolean ``column`` is true in the parquet table at ``path``."""
+    if path is None:
+        return set()
+    table = pd.read_parquet(path, columns=["object_id", column], filters=[(column, "==", True)])
+    return set(table["object_id"])
+
+
+def mined_samples(
+    image_paths,
+    detection_paths,
+    key: str,
+    mined: list[str],
+    targets: dict[str, list[str]],
+    outlier_ids: set[str],
+    final_outlier_ids: set[str],
+) -> pd.DataFrame:
+    """One row per sample of the pool: ``sample``, ``n_images``, ``n_objects``,
+    ``mined_objects`` and ``mined_by`` (the kinds of mined object it holds,
+    comma-separated, or null), sorted by sample."""
+    unknown = sorted(set(mined) - set(MINED_KINDS))
+    if unknown or not mined:
+        raise ValueError(
+            f"training_selection.mined {unknown or list(mined)} not understood; use some of {', '.join(MINED_KINDS)}"
+        )
+    images = pd.concat(
+        [pd.read_parquet(p, columns=[key, "status"]) for p in image_paths], ignore_index=True
+    )
+    usable = images[images["status"] == "ok"]
+    pool = usable.groupby(key, sort=True).size().rename("n_images").to_frame()
+    pool.index.name = "sample"
+    per_shard = []
+    target_classes = {name for near in targets.values() for name in near} | set(targets)
+    for path in detection_paths:
+        objects = pd.read_parquet(path, columns=["object_id", key, "class_name"])
+        flags = {}
+        if "final_outliers" in mined:
+            flags["final_outliers"] = objects["object_id"].isin(final_outlier_ids).to_numpy()
+        if "outliers" in mined:
+            flags["outliers"] = objects["object_id"].isin(outlier_ids).to_numpy()
+        if "targets" in mined:
+            flags["targets"] = objects["class_name"].isin(target_classes).to_numpy()
+        frame = pd.DataFrame({"sample": objects[key].to_numpy(), "n_objects": 1, **flags})
+        frame["mined_objects"] = (
+            np.logical_or.reduce([*flags.values()], axis=0) if len(frame) else 0
+        )
+        per_shard.append(frame.groupby("sample", sort=False).sum())
+    counts = pd.concat(per_shard).groupby(level=0).sum() if per_shard else pd.DataFrame()
+    pool = pool.join(counts, how="left").fillna(0)
+    kinds = [k for k in MINED_KINDS if k in mined]
+    for kind in kinds:
+        if kind not in pool:
+            pool[kind] = 0
+    pool["mined_by"] = [
+        ",".join(k for k, hit in zip(kinds, row) if hit) or None
+        for row in pool[kinds].to_numpy() > 0
+    ]
+    pool = pool.reset_index()
+    for column in ("n_images", "n_objects", "mined_objects"):
+        pool[column] = pool[column].astype(np.int64) if column in pool else 0
+    return pool[["sample", "n_images", "n_objects", "mined_objects", "mined_by"]]
+
+
+def budget_size(n_samples: int, fraction: float, count: int | None) -> int:
+    """The budget in samples: ``count`` when given, else ``floor(fraction * n_samples)``; at most the pool."""
+    size = count if count is not None else math.floor(fraction * n_samples)
+    return min(int(size), n_samples)
+
+
+def choose_samples(pool: pd.DataFrame, budget: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The selection table (schemas.TRAINING_SELECTION) and its summary.
+
+    Every sample with a mined object, then a seeded uniform sample of the
+    others up to ``budget`` rows (none when the mined ones already reach it).
+    """
+    is_mined = pool["mined_objects"].to_numpy() > 0
+    mined = pool[is_mined]
+    others = pool[~is_mined]
+    n_fill = max(0, min(budget - len(mined), len(others)))
+    picked = np.sort(np.random.default_rng(seed).choice(len(others), size=n_fill, replace=False))
+    fill = others.iloc[picked]
+    table = pd.concat(
+        [mined.assign(reason=MINED), fill.assign(reason=RANDOM_FILL)], ignore_index=True
+    )[schemas.TRAINING_SELECTION.names]
+    summary = {
+        "total_samples": int(len(pool)),
+        "budget": int(budget),
+        "selected_samples": int(len(table)),
+        "mined_samples": int(len(mined)),
+        "random_samples": int(n_fill),
+        "over_budget": bool(len(mined) > budget),
+        "seed": int(seed),
+    }
+    return table, summary
+
+
+def class_counts(detection_paths, key: str, chosen: set[str]) -> dict[str, dict[str, int]]:
+    """Per detector class: objects in the chosen samples against objects in the whole set."""
+    selected: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for path in detection_paths:
+        objects = pd.read_parquet(path, columns=[key, "class_name"])
+        for name, n in objects["class_name"].value_counts().items():
+            total[name] = total.get(name, 0) + int(n)
+        inside = objects[objects[key].isin(chosen)]
+        for name, n in inside["class_name"].value_counts().items():
+            selected[name] = selected.get(name, 0) + int(n)
+    return {
+        name: {"selection": selected.get(name, 0), "all": total[name]} for name in sorted(total)
+    }
+
+
+def training_selection(
+    image_paths,
+    detection_paths,
+    outliers_path,
+    concepts_path,
+    input_kind: str,
+    settings: dict,
+    targets: dict[str, list[str]],
+    seed: int,
+) -> tuple[pd.DataFrame, dict]:
+    """The whole selection from the stage tables: (table, summary with class counts)."""
+    key = sample_column(input_kind)
+    mined = list(settings["mined"])
+    pool = mined_samples(
+        image_paths,
+        detection_paths,
+        key,
+        mined,
+        targets,
+        flagged_ids(outliers_path, "is_outlier") if "outliers" in mined else set(),
+        flagged_ids(concepts_path, "is_final_outlier") if "final_outliers" in mined else set(),
+    )
+    budget = budget_size(len(pool), settings["budget_fraction"], settings["budget_count"])
+    table, summary = choose_samples(pool, budget, seed)
+    summary = {
+        "sample": "sample_token" if key == "sample_token" else "image_path",
+        "mined_from": [k for k in MINED_KINDS if k in mined],
+        **summary,
+        "class_counts": class_counts(detection_paths, key, set(table["sample"])),
+    }
+    if summary["over_budget"]:
+        log.warning(
+            "the %d samples with mined objects exceed the budget of %d samples: all are kept, no random fill",
+            summary["mined_samples"],
+            budget,
+        )
+    return table, summary
+
+
+def write_outputs(table: pd.DataFrame, summary: dict, parquet_path, csv_path, summary_path) -> None:
+    """The list as parquet and CSV, and the summary as JSON (each written whole, atomically)."""
+    schemas.write_table(table, schemas.TRAINING_SELECTION, parquet_path)
+    with atomic.atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    atomic.write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
