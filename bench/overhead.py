@@ -63,6 +63,7 @@ def main() -> None:
     from rare_objects.demo.scenes import generate_scenes
     from rare_objects.io import images, sources
     from rare_objects.runtime import models
+    from rare_objects.runtime.config import defaults as config_defaults
     from rare_objects.stages import detection
     from rare_objects.stages.detection import DetectSettings, detect_images
     from rare_objects.stages.embedding import embed_objects
@@ -94,12 +95,13 @@ def main() -> None:
             },
             seed=0,
         )
-        settings = DetectSettings(
-            conf=1e-9 if random_detector else 0.25,
-            batch_size=args.detect_batch,
-            device=device,
-            half=half,
-        )
+        detector_cfg = {
+            **config_defaults()["detector"],
+            "conf": 1e-9 if random_detector else config_defaults()["detector"]["conf"],
+            "batch_size": args.detect_batch,
+        }
+        settings = DetectSettings.from_config(detector_cfg, device)
+        settings.half = half
         # Warm-up: first calls build kernels and caches that neither side should pay.
         detect_images(
             manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers

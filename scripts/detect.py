@@ -13,17 +13,7 @@ from rare_objects.stages.detection import DetectSettings, detect_images  # noqa:
 detector_cfg = snakemake.params.detector
 image_cfg = snakemake.params.images
 device = models.resolve_device(snakemake.params.device)
-settings = DetectSettings(
-    max_side=detector_cfg["max_side"],
-    imgsz=detector_cfg["imgsz"],
-    conf=detector_cfg["conf"],
-    iou=detector_cfg["iou"],
-    max_det=detector_cfg["max_det"],
-    max_objects=detector_cfg["max_objects"],
-    batch_size=detector_cfg["batch_size"],
-    device=device,
-    half=device.startswith("cuda"),
-)
+settings = DetectSettings.from_config(detector_cfg, device)
 model = models.load_detector(snakemake.input.weights)
 manifest = pd.DataFrame(snakemake.params.manifest)
 log.info("shard %s: %d images, device %s", snakemake.wildcards.shard, len(manifest), device)

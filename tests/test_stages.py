@@ -20,9 +20,15 @@ from rare_objects import export  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.report import timing  # noqa: E402
 from rare_objects.runtime import models  # noqa: E402
+from rare_objects.runtime.config import defaults as config_defaults  # noqa: E402
 from rare_objects.stages import selection  # noqa: E402
 from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
 from rare_objects.stages.embedding import embed_objects  # noqa: E402
+
+
+def detect_settings(**overrides) -> DetectSettings:
+    """The schema's detector defaults on the CPU, with the test's changes."""
+    return DetectSettings.from_config({**config_defaults()["detector"], **overrides}, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def _manifest(folder):
 
 
 def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
-    settings = DetectSettings(
+    settings = detect_settings(
         max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2
     )
     detections, per_image, rejects = detect_images(
@@ -113,7 +119,7 @@ def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
             tmp_path / f"im{i}.png"
         )
     manifest = _manifest(tmp_path)
-    settings = DetectSettings(
+    settings = detect_settings(
         max_side=400, imgsz=160, conf=1e-9, max_det=30, max_objects=30, batch_size=8
     )
     detector = BatchedDetector.for_model(random_detector, settings)
@@ -222,7 +228,7 @@ def test_crop_boxes_equal_crop_box_row_by_row():
 def test_embeddings_cover_every_object_and_record_unreadable_images(
     random_detector, clip, image_folder
 ):
-    settings = DetectSettings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
+    settings = detect_settings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
     detections, _, _ = detect_images(_manifest(image_folder), random_detector, settings)
     (image_folder / "a" / "small.jpg").write_bytes(b"")  # changed after detection
     table = embed_objects(detections, clip, batch_size=3)

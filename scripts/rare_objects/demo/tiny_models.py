@@ -335,7 +335,8 @@ def build_demo_clip(
     out_path = Path(out_path)
     if out_path.exists() and not force:
         return out_path
-    configure(cache_dir)
+    if cache_dir is not None:  # else the caller configured the process (start_rule, tests)
+        configure(cache_dir)
     threads = threads or default_threads()
 
     import torch

@@ -72,13 +72,13 @@ def validate(config: dict, schema: dict | None = None) -> dict:
 def _check_semantics(config: dict) -> None:
     """Checks a JSON schema cannot express."""
     problems = []
-    device = config.get("device", "auto")
+    device = config["device"]
     if not (
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         problems.append(f"device: {device!r} is not allowed; use auto, cpu, cuda or cuda:N")
-    embedder = config.get("embedder", {})
-    if embedder.get("preset") == "custom" and not embedder.get("model"):
+    embedder = config["embedder"]
+    if embedder["preset"] == "custom" and not embedder.get("model"):
         problems.append("embedder.model: required when embedder.preset is 'custom'")
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

@@ -10,19 +10,25 @@ import os
 import shutil
 from pathlib import Path
 
-# Folder for library caches and settings; overridable so that a cluster job
-# can point it at node-local scratch.
-DEFAULT_CACHE_DIR = Path(
-    os.environ.get("RARE_OBJECTS_CACHE", Path.home() / ".cache" / "rare-object-mining")
-)
+
+def cache_dir_for(config: dict) -> Path:
+    """The folder for library settings and caches of a run: the one place for its default.
+
+    ``cache_dir`` from the (validated) config; when null, ``$RARE_OBJECTS_CACHE`` (so a
+    cluster job can point it at node-local scratch), else ``<results>/../.cache``.
+    """
+    if config["cache_dir"]:
+        return Path(config["cache_dir"])
+    fallback = Path(config["results"]).parent / ".cache"
+    return Path(os.environ.get("RARE_OBJECTS_CACHE", fallback))
 
 
-def configure(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Set the environment so that nothing is downloaded at run time.
+def configure(cache_dir: str | os.PathLike) -> Path:
+    """Set the environment so that nothing is downloaded at run time; caches go to ``cache_dir``.
 
     Returns the cache folder used. Variables the user already set are kept.
     """
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     defaults = {
         # ultralytics: no DNS look-ups, no pip auto-installs, settings.json in our cache

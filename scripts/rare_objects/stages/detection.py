@@ -25,15 +25,36 @@ log = logging.getLogger("rare_objects.detect")
 
 @dataclass(frozen=True)
 class DetectSettings:
-    max_side: int = 1280
-    imgsz: int = 640
-    conf: float = 0.25
-    iou: float = 0.5
-    max_det: int = 100
-    max_objects: int = 50
-    batch_size: int = 8
-    device: str = "cpu"
-    half: bool = False
+    """The ``detector`` section of the validated config, and the device it runs on.
+
+    No defaults here: schemas/config.schema.yaml owns them (build one with
+    :meth:`from_config`; tests start from ``runtime.config.defaults()``).
+    """
+
+    max_side: int
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    max_objects: int
+    batch_size: int
+    device: str
+    half: bool
+
+    @classmethod
+    def from_config(cls, detector: dict, device: str) -> DetectSettings:
+        """Settings from the config's ``detector`` section; half precision on CUDA."""
+        return cls(
+            max_side=detector["max_side"],
+            imgsz=detector["imgsz"],
+            conf=detector["conf"],
+            iou=detector["iou"],
+            max_det=detector["max_det"],
+            max_objects=detector["max_objects"],
+            batch_size=detector["batch_size"],
+            device=device,
+            half=device.startswith("cuda"),
+        )
 
 
 def top_objects(scores: np.ndarray, max_objects: int) -> np.ndarray:
