@@ -83,7 +83,7 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
         max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2
     )
     detections, per_image, rejects = detect_images(
-        _manifest(image_folder), random_detector, settings
+        _manifest(image_folder), random_detector, settings, loader_workers=2
     )
     assert list(rejects["reason"].str.split(":").str[0]) == ["not_an_image"]
     assert (
@@ -154,7 +154,7 @@ def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
             n_boxes += len(expected)
     assert n_boxes > 20
     # ... and the stage's rows are those boxes, mapped back to original pixels
-    detections, _, _ = detect_images(manifest, random_detector, settings)
+    detections, _, _ = detect_images(manifest, random_detector, settings, loader_workers=2)
     first = detections[detections["image_path"] == manifest["image_path"].iloc[0]]
     assert len(first) == len(found[0])
 
@@ -229,9 +229,11 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(
     random_detector, clip, image_folder
 ):
     settings = detect_settings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
-    detections, _, _ = detect_images(_manifest(image_folder), random_detector, settings)
+    detections, _, _ = detect_images(
+        _manifest(image_folder), random_detector, settings, loader_workers=2
+    )
     (image_folder / "a" / "small.jpg").write_bytes(b"")  # changed after detection
-    table = embed_objects(detections, clip, batch_size=3)
+    table = embed_objects(detections, clip, batch_size=3, loader_workers=2)
     frame = table.to_pandas()
     assert frame["object_id"].tolist() == detections["object_id"].tolist()
     small = detections["image_path"].str.endswith("small.jpg").to_numpy()

@@ -99,13 +99,14 @@ def read_embeddings_of(
 
 
 def umap_coordinates(
-    X: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, pca_dims: int = 50
+    X: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int, pca_dims: int = 50
 ) -> np.ndarray:
     """2-D UMAP (umap-learn) of the rows of ``X``, after PCA to ``pca_dims``; handles tiny inputs like t-SNE."""
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
     if n <= 2:
-        return tsne.tsne_coordinates(X)  # the same fixed layouts for 0, 1 and 2 points
+        # the same fixed layouts for 0, 1 and 2 points (perplexity plays no part there)
+        return tsne.tsne_coordinates(X, perplexity=1.0, seed=seed)
     import umap
     from sklearn.decomposition import PCA
 

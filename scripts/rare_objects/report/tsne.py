@@ -12,7 +12,7 @@ import pandas as pd
 MAX_LEGEND_CLASSES = 20
 
 
-def subsample_indices(class_names, is_outlier, max_points: int, seed: int = 0) -> np.ndarray:
+def subsample_indices(class_names, is_outlier, max_points: int, seed: int) -> np.ndarray:
     """Sorted row indices of a deterministic subsample of at most ``max_points``.
 
     All outliers are kept when they fit (the rest of the budget goes to the
@@ -86,8 +86,9 @@ EXACT_BELOW = 300  # points: below, the exact t-SNE gradient is cheaper than Bar
 
 def tsne_coordinates(
     X: np.ndarray,
-    perplexity: float = 30,
-    seed: int = 0,
+    *,
+    perplexity: float,
+    seed: int,
     pca_dims: int = 50,
     threads: int | None = None,
 ) -> np.ndarray:
@@ -131,9 +132,10 @@ def plot_tsne(
     class_names,
     is_outlier,
     out_png: str | os.PathLike,
-    max_points: int = 5000,
-    perplexity: float = 30,
-    seed: int = 0,
+    *,
+    max_points: int,
+    perplexity: float,
+    seed: int,
     title: str = "t-SNE of object embeddings",
     object_ids=None,
     threads: int | None = None,

@@ -196,8 +196,9 @@ def detect_images(
     manifest: pd.DataFrame,
     model,
     settings: DetectSettings,
+    *,
+    loader_workers: int,
     open_image=images.open_rgb,
-    loader_workers: int = 2,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run the detector over the manifest's images.
 

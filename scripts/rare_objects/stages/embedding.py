@@ -23,9 +23,10 @@ log = logging.getLogger("rare_objects.embed")
 def embed_objects(
     detections: pd.DataFrame,
     clip,
-    batch_size: int = 64,
+    *,
+    batch_size: int,
+    loader_workers: int,
     open_image=images.open_rgb,
-    loader_workers: int = 2,
 ) -> pa.Table:
     """Embeddings of every row of ``detections`` as a table of ``embeddings_schema(clip.dim)``.
 
