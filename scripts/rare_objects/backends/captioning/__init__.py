@@ -125,8 +125,20 @@ def complete_settings(settings: dict | None) -> dict:
 
 
 def schema_defaults() -> dict:
-    """The schema's default ``captions`` section (for arguments a caller leaves out)."""
+    """The schema's default ``captions`` section."""
     return complete_settings({})
+
+
+def fill_defaults(backend: str, **given) -> dict:
+    """``given`` with each None replaced by the schema's default of that key.
+
+    The key is looked up under ``captions.<backend>``, then under ``captions``
+    (the shared ``prompt``, ``max_new_tokens``): a captioner built directly,
+    without :func:`make_captioner`, gets the same defaults as the workflow.
+    """
+    defaults = schema_defaults()
+    merged = {**defaults, **defaults.get(backend, {})}
+    return {key: merged[key] if value is None else value for key, value in given.items()}
 
 
 def make_captioner(name: str, settings: dict | None = None, device: str | None = None):

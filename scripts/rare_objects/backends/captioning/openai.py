@@ -18,8 +18,8 @@ from typing import Any
 from rare_objects.backends.captioning import (
     Backend,
     CaptionError,
+    fill_defaults,
     register,
-    schema_defaults,
     short_error,
 )
 
@@ -135,28 +135,29 @@ class OpenAICaptioner:
         """An argument left None takes the schema's default: ``captions.openai``'s for
         the server's keys, ``captions.max_new_tokens`` for ``max_tokens``,
         ``captions.prompt`` for ``prompt``."""
-        shared = schema_defaults()
-        own = shared[NAME]
-        api_key_env = own["api_key_env"] if api_key_env is None else api_key_env
-        timeout_s = own["timeout_s"] if timeout_s is None else timeout_s
-        max_retries = own["max_retries"] if max_retries is None else max_retries
-        backoff_s = own["backoff_s"] if backoff_s is None else backoff_s
-        concurrency = own["concurrency"] if concurrency is None else concurrency
-        max_tokens = shared["max_new_tokens"] if max_tokens is None else max_tokens
-        prompt = shared["prompt"] if prompt is None else prompt
+        option = fill_defaults(
+            NAME,
+            api_key_env=api_key_env,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            concurrency=concurrency,
+            max_new_tokens=max_tokens,
+            prompt=prompt,
+        )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model_name = model
-        self.api_key_env = api_key_env
+        self.api_key_env = api_key_env = option["api_key_env"]
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not self._api_key:
             log.info("environment variable %s is not set: sending no API key", api_key_env)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = max(0, int(max_retries))
-        self.backoff_s = float(backoff_s)
+        self.timeout_s = float(option["timeout_s"])
+        self.max_retries = max(0, int(option["max_retries"]))
+        self.backoff_s = float(option["backoff_s"])
         self.max_backoff_s = float(max_backoff_s)
-        self.concurrency = max(1, int(concurrency))
-        self.max_tokens = int(max_tokens)
-        self.prompt = prompt
+        self.concurrency = max(1, int(option["concurrency"]))
+        self.max_tokens = int(option["max_new_tokens"])
+        self.prompt = option["prompt"]
         self.temperature = temperature
         self._sleep = sleep
         self._headers = {"Content-Type": "application/json"}

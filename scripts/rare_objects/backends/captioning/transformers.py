@@ -16,8 +16,8 @@ from typing import Any
 from rare_objects.backends.captioning import (
     Backend,
     CaptionError,
+    fill_defaults,
     register,
-    schema_defaults,
     short_error,
 )
 
@@ -87,28 +87,31 @@ class TransformersCaptioner:
 
         from rare_objects.runtime import models
 
-        shared = schema_defaults()
-        own = shared["transformers"]
-        dtype = own["dtype"] if dtype is None else dtype
-        batch_size = own["batch_size"] if batch_size is None else batch_size
-        auto_batch = own["auto_batch"] if auto_batch is None else auto_batch
-        min_pixels = own["min_pixels"] if min_pixels is None else min_pixels
-        max_pixels = own["max_pixels"] if max_pixels is None else max_pixels
-        max_new_tokens = shared["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-        prompt = shared["prompt"] if prompt is None else prompt
-
+        option = fill_defaults(
+            NAME,
+            dtype=dtype,
+            batch_size=batch_size,
+            auto_batch=auto_batch,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            max_new_tokens=max_new_tokens,
+            prompt=prompt,
+        )
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"caption model folder not found: {self.model_dir}")
         self.model_name = self.model_dir.name
         self.device = models.resolve_device(device)
         # auto: bf16 on a GPU (Qwen2-VL's own precision; fp16 where bf16 is not supported)
-        self.dtype = models.resolve_dtype(dtype, self.device, gpu_auto="bf16")
-        self.batch_size = max(1, int(batch_size))
-        self.auto_batch = auto_batch
-        self.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
-        self.max_new_tokens = int(max_new_tokens)
-        self.prompt = prompt
+        self.dtype = models.resolve_dtype(option["dtype"], self.device, gpu_auto="bf16")
+        self.batch_size = max(1, int(option["batch_size"]))
+        self.auto_batch = option["auto_batch"]
+        self.size = {
+            "shortest_edge": int(option["min_pixels"]),
+            "longest_edge": int(option["max_pixels"]),
+        }
+        self.max_new_tokens = int(option["max_new_tokens"])
+        self.prompt = prompt = option["prompt"]
         self.empty_cache_every = empty_cache_every
         self._since_cache_clear = 0
 
