@@ -325,7 +325,7 @@ def bench_transformers(args) -> None:
     own = {"model": str(model)}
     if args.vlm_batch:
         own["batch_size"] = args.vlm_batch
-    captioner = make_captioner("transformers", {"transformers": own})
+    captioner = make_captioner("transformers", {"transformers": own}, resolve_device("auto"))
     crops = demo_crops(args.vlm_crops)
     captioner.caption(crops[: captioner.batch_size])  # warm-up
     t0 = time.perf_counter()

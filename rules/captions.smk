@@ -12,9 +12,7 @@ rule caption:
         "../envs/vision.yaml"
     threads: 2
     resources:
-        gpu=lambda wildcards: (
-            GPU if config["captions"]["backend"] == "transformers" else 0
-        ),
+        gpu=caption_gpu(),
     params:
         captions=config["captions"],
         images=config["images"],

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from rare_objects.runtime import config as config_checks
 from rare_objects.runtime import models
 from rare_objects.io import sources
+from rare_objects.backends import captioning
 
 config_checks.validate(config)
 
@@ -87,11 +88,17 @@ wildcard_constraints:
     part=r"\d{3}",
 
 
+CAPTION_BACKEND = captioning.get_backend(config["captions"]["backend"])
+
+
 def vlm_model_input(wildcards):
-    """The local VLM folder when the transformers backend is used."""
-    if config["captions"]["backend"] == "transformers":
-        return config["captions"]["transformers"]["model"]
-    return []
+    """The local files the caption backend loads (none for a server or no VLM)."""
+    return CAPTION_BACKEND.model_files(config["captions"])
+
+
+def caption_gpu():
+    """The caption rule's `gpu` resource: GPU when its backend runs a model on this device."""
+    return GPU if CAPTION_BACKEND.needs_gpu(config["device"]) else 0
 
 
 def text_encoder_input(wildcards):

@@ -6,14 +6,14 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.backends.captioning import make_captioner  # noqa: E402
-from rare_objects.io import schemas  # noqa: E402
-from rare_objects.runtime import models  # noqa: E402
+from rare_objects.backends import captioning  # noqa: E402
+from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.stages.captions import all_failed, caption_objects  # noqa: E402
 
 part = int(snakemake.wildcards.part)
-settings = dict(snakemake.params.captions)
-backend = settings["backend"]
+settings = snakemake.params.captions
+image_cfg = snakemake.params.images
+backend = captioning.get_backend(settings["backend"])
 selection = pd.read_parquet(snakemake.input.selection)
 objects = selection[selection["selected"] & (selection["caption_partition"] == part)].reset_index(
     drop=True
@@ -23,20 +23,23 @@ log.info(
     part,
     len(objects),
     int(objects["needs_vlm"].sum()),
-    backend,
+    backend.name,
 )
 
 captioner = None
-if backend != "none" and objects["needs_vlm"].any():
-    if backend == "transformers":
-        settings["device"] = models.resolve_device(snakemake.params.device)
-    captioner = make_captioner(backend, settings)
-batch = (
-    settings["transformers"]["batch_size"]
-    if backend == "transformers"
-    else settings["openai"]["concurrency"] * 2
+if objects["needs_vlm"].any():
+    device = backend.device(snakemake.params.device)
+    captioner = captioning.make_captioner(backend.name, settings, device)
+result = caption_objects(
+    objects,
+    captioner,
+    batch_size=backend.batch_size(settings),
+    log=log,
+    open_image=lambda p: images.open_rgb(
+        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
+    ),
+    loader_workers=image_cfg["loader_workers"],
 )
-result = caption_objects(objects, captioner, batch_size=batch, log=log)
 schemas.write_table(
     result,
     schemas.CAPTIONS,

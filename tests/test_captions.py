@@ -97,13 +97,18 @@ def test_simple_caption_definition():
     )
 
 
-def test_caption_objects(objects, monkeypatch, tmp_path):
+def test_caption_objects(objects, tmp_path):
     opened = []
-    real_open = imgs.open_rgb
-    monkeypatch.setattr(imgs, "open_rgb", lambda p: (opened.append(p), real_open(p))[1])
     captioner = ColourCaptioner()
     lines = []
-    out = caption_objects(objects, captioner, batch_size=2, log=lines.append, progress_every=3)
+    out = caption_objects(
+        objects,
+        captioner,
+        batch_size=2,
+        log=lines.append,
+        progress_every=3,
+        open_image=lambda p: (opened.append(p), imgs.open_rgb(p))[1],
+    )
 
     assert list(out.columns) == CAPTIONS.names
     assert out["object_id"].tolist() == objects["object_id"].tolist()  # input order

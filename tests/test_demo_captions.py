@@ -34,7 +34,7 @@ def demo_vlm() -> Path:
 
 
 def _captioner(model_dir: Path):
-    from rare_objects.backends.captioning import TransformersCaptioner
+    from rare_objects.backends.captioning.transformers import TransformersCaptioner
 
     settings = DEMO_CONFIG["captions"]
     return TransformersCaptioner(

@@ -177,7 +177,11 @@ def collect_imports(script: Path, package_root: Path, package: str = PACKAGE) ->
         if path in seen:
             continue
         seen.add(path)
-        tree = ast.parse(path.read_text(), filename=str(path))
+        text = path.read_text()
+        tree = ast.parse(text, filename=str(path))
+        if path.name == "__init__.py" and "iter_modules(__path__)" in text:
+            # A registry that imports every module of its package (the caption backends).
+            todo.extend(sorted(path.parent.glob("*.py")))
         in_package = package_root in path.parents and path != script
         current = _module_name(package_root, path) if in_package else ""
         is_package_init = path.name == "__init__.py"

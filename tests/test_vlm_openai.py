@@ -8,7 +8,8 @@ import socket
 import pytest
 from PIL import Image
 
-from rare_objects.backends.captioning import CaptionError, OpenAICaptioner, make_captioner
+from rare_objects.backends.captioning import CaptionError, make_captioner
+from rare_objects.backends.captioning.openai import OpenAICaptioner
 from tests.fake_openai_server import FakeOpenAIServer
 
 SECRET = "sk-test-SECRET-4f9c2a7e1b"

@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(tiny_dir):
-    from rare_objects.backends.captioning import TransformersCaptioner
+    from rare_objects.backends.captioning.transformers import TransformersCaptioner
 
     return TransformersCaptioner(tiny_dir, device="cpu", batch_size=4, max_new_tokens=8)
 
@@ -102,7 +102,7 @@ def test_batched_captions_match_one_by_one(captioner):
 def test_oom_halves_the_batch_and_keeps_every_caption(tiny_dir, monkeypatch):
     import torch
 
-    from rare_objects.backends.captioning import TransformersCaptioner
+    from rare_objects.backends.captioning.transformers import TransformersCaptioner
 
     c = TransformersCaptioner(tiny_dir, device="cpu", batch_size=4, max_new_tokens=8)
     images = crops()
@@ -134,7 +134,7 @@ def test_oom_halves_the_batch_and_keeps_every_caption(tiny_dir, monkeypatch):
 
 
 def test_other_errors_are_isolated_per_crop(tiny_dir, monkeypatch):
-    from rare_objects.backends.captioning import TransformersCaptioner
+    from rare_objects.backends.captioning.transformers import TransformersCaptioner
 
     c = TransformersCaptioner(tiny_dir, device="cpu", batch_size=3, max_new_tokens=8)
     images = crops()[:3]
@@ -159,7 +159,7 @@ def test_other_errors_are_isolated_per_crop(tiny_dir, monkeypatch):
 
 
 def test_fit_batch_size():
-    from rare_objects.backends.captioning import fit_batch_size
+    from rare_objects.backends.captioning.transformers import fit_batch_size
 
     gib = 2**30
     assert fit_batch_size(10 * gib, 1 * gib, max_batch=16) == 8  # 20 % kept in reserve
@@ -170,14 +170,14 @@ def test_fit_batch_size():
 
 
 def test_make_captioner_transformers(tiny_dir):
-    from rare_objects.backends.captioning import TransformersCaptioner, make_captioner
+    from rare_objects.backends.captioning import make_captioner
+    from rare_objects.backends.captioning.transformers import TransformersCaptioner
 
     c = make_captioner(
         "transformers",
         {
             "prompt": "What is it?",
             "max_new_tokens": 5,
-            "device": "cpu",
             "transformers": {
                 "model": str(tiny_dir),
                 "batch_size": 2,
@@ -187,6 +187,7 @@ def test_make_captioner_transformers(tiny_dir):
                 "auto_batch": True,
             },
         },
+        "cpu",
     )
     assert isinstance(c, TransformersCaptioner)
     assert (c.batch_size, c.max_new_tokens, c.prompt, c.size) == (
@@ -199,7 +200,9 @@ def test_make_captioner_transformers(tiny_dir):
     out = c.caption(crops()[:3])
     assert all(isinstance(t, str) and t for t in out)
     with pytest.raises(FileNotFoundError):
-        make_captioner("transformers", {"transformers": {"model": str(tiny_dir / "missing")}})
+        make_captioner(
+            "transformers", {"transformers": {"model": str(tiny_dir / "missing")}}, "cpu"
+        )
 
 
 def test_caption_objects_with_the_tiny_model(captioner, tmp_path):

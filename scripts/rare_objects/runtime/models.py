@@ -1,4 +1,7 @@
-"""The one place where models are loaded: YOLO detectors and open_clip models.
+"""The one place where models are loaded (YOLO detectors, open_clip models) and where
+every model's device and dtype are resolved (:func:`resolve_device`,
+:func:`resolve_dtype`: the detector, the embedder, the concepts' text encoder and
+the caption VLM all call them).
 
 Everything loads from local files through each library's own loading code;
 :func:`rare_objects.runtime.offline.configure` must run first so nothing is fetched.
@@ -53,12 +56,28 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
-def torch_dtype(precision: str, device: str):
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_dtype(requested: str, device: str, gpu_auto: str = "fp16"):
+    """The torch dtype of a config's precision (auto, fp32, fp16 or bf16) on ``device``.
+
+    ``auto`` is fp32 on the CPU and ``gpu_auto`` on a GPU; an automatic bf16 falls
+    back to fp16 on a GPU that cannot run bf16. Each model states its ``gpu_auto``:
+    the precision it is published for (open_clip's fp16, Qwen2-VL's bf16).
+    """
     import torch
 
-    if precision == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; use {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return dtypes[requested]
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    if gpu_auto == "bf16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return dtypes[gpu_auto]
 
 
 def load_detector(weights: str | os.PathLike):
@@ -289,7 +308,7 @@ def load_clip(
                 f"embedder checkpoint {pretrained!r} does not exist (see README, 'Real weights, offline')"
             )
     device = resolve_device(device)
-    dtype = torch_dtype(precision, device)
+    dtype = resolve_dtype(precision, device)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name,
         pretrained=pretrained,

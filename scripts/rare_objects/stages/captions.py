@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from rare_objects.io import images as imgs
 from rare_objects.io.schemas import CAPTIONS
 
 _logger = logging.getLogger("rare_objects.stages.captions")
@@ -68,7 +69,8 @@ def caption_objects(
     batch_size: int = 8,
     log: Callable[[str], None] | logging.Logger | None = None,
     progress_every: int = 50,
-    load_workers: int = 2,
+    open_image: Callable[[str], Any] = imgs.open_rgb,
+    loader_workers: int = 2,
 ) -> pd.DataFrame:
     """Caption every row of ``objects``; returns a frame with the CAPTIONS columns, in input order.
 
@@ -79,11 +81,11 @@ def caption_objects(
     that many crops are held in memory. With ``captioner=None`` (backend
     "none") every row gets a simple caption. An empty VLM answer counts as a
     failure. A progress line goes to ``log`` (a logger or a callable) every
-    ``progress_every`` objects and at the end. ``load_workers`` threads decode
-    the next images ahead (0: in this thread).
+    ``progress_every`` objects and at the end. ``open_image`` opens an image
+    (the rule passes :func:`rare_objects.io.images.open_rgb` with the configured
+    ``images`` limits) and ``loader_workers`` threads decode the next images
+    ahead (0: in this thread).
     """
-    from rare_objects.io import images as imgs
-
     missing = [c for c in REQUIRED_COLUMNS if c not in objects.columns]
     if missing:
         raise ValueError(f"objects lack columns {missing}")
@@ -175,7 +177,7 @@ def caption_objects(
             by_image.setdefault(paths[i], []).append(i)
         # Decode the next images in threads while the captioner works on the current crops.
         loaded = imgs.iter_images_prefetched(
-            list(by_image), imgs.open_rgb, workers=load_workers, catch=(Exception,)
+            list(by_image), open_image, workers=loader_workers, catch=(Exception,)
         )
         for _, path, image in loaded:
             members = by_image[path]
