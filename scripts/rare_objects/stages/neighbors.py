@@ -57,7 +57,7 @@ class AnnParams:
     pca_sample: int = 50_000  # rows used to fit the PCA
     train_per_cell: int = 40  # k-means training rows per cell
     niter: int = 10  # k-means iterations
-    seed: int = 0
+    seed: int = 0  # the PCA sample and the k-means; the workflow passes its `seed`
     threads: int | None = None  # None = the cores this process may use
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (GPU needs faiss built with CUDA)
     rerank_block: int = 1024  # rows re-ranked at once (memory: block x candidates x dim x 8 bytes)
