@@ -30,7 +30,9 @@ at recall 0.97; the cell-blocked products run at BLAS speed.
 With a CUDA device and a faiss build with GPU support, the search is exact
 brute force on the GPU instead (``faiss.knn_gpu``).
 
-All results are deterministic for a given input, parameters and thread count.
+All results are deterministic for a given input, parameters (``AnnParams.seed``
+decides the PCA sample and the k-means; the workflow passes its ``seed``) and
+thread count.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def settings_for(name: str, outliers: dict) -> dict:
     """
     module = get(name)
     settings = {key: outliers[key] for key in SHARED_KEYS}
-    settings.update({k: v for k, v in outliers.get(name, {}).items() if v is not None})
+    settings.update({k: v for k, v in outliers[name].items() if v is not None})
     check = getattr(module, "check_settings", None)
     if check is not None:
         try:
