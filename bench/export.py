@@ -116,6 +116,8 @@ def _generate(root: str, n: int, seed: int) -> int:
             "outlier_code": codes,
             "is_outlier": codes > 0,
         }
+    ).assign(  # the detectors' scores (higher = more anomalous): LOF's, negated
+        score_global=lambda f: -f["global_score"], score_class=lambda f: -f["class_score"]
     ).to_parquet(root / "outliers.parquet")
     picked = rng.choice(
         np.flatnonzero(codes > 0), size=min(2000, int((codes > 0).sum())), replace=False

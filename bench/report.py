@@ -94,7 +94,7 @@ def _naive_choice(root: str, per_group: int) -> int:
     frame = pd.concat([pd.read_parquet(p) for p in detections], ignore_index=True).merge(
         pd.read_parquet(paths["outliers"]).drop(columns="class_name"), on="object_id"
     )
-    frame["score"] = anomaly_score(frame["global_score"], frame["class_score"])
+    frame["score"] = anomaly_score(frame["score_global"], frame["score_class"])
     concepts = pd.read_parquet(paths["concepts"])
     frame = frame.merge(
         concepts[["object_id", "top_concept", "is_final_outlier"]], on="object_id", how="left"
@@ -111,7 +111,7 @@ def _naive_choice(root: str, per_group: int) -> int:
         )
     chosen = (
         pd.concat(parts)
-        .sort_values(["gallery", "group", "score"])
+        .sort_values(["gallery", "group", "score"], ascending=[True, True, False])
         .groupby(["gallery", "group"])
         .head(per_group)
     )
@@ -163,7 +163,7 @@ def _explorer(root: str, out: str, points: int, seed: int) -> tuple[int, int, in
     )
     rows = projection.choose_shown(
         reasons,
-        projection.anomaly_score(outliers["global_score"], outliers["class_score"]),
+        projection.anomaly_score(outliers["score_global"], outliers["score_class"]),
         points,
         seed,
     )

@@ -18,5 +18,6 @@ rule select_objects:
         vlm_for=config["captions"]["vlm_for"],
         partitions=config["captions"]["partitions"],
         exact_max=config["outliers"]["exact_max_samples"],
+        seed=config["seed"],
     script:
         "../scripts/select_objects.py"

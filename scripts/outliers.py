@@ -1,4 +1,4 @@
-"""Rule outliers: LocalOutlierFactor on all objects and per class, OR-combined."""
+"""Rule outliers: the configured outlier detectors on all objects and per class, OR-combined."""
 
 import pandas as pd
 
@@ -18,24 +18,19 @@ classes = pd.concat(
 ).set_index("object_id")["class_name"]
 class_names = classes.reindex(ids["object_id"]).to_numpy()
 log.info(
-    "LOF on %d objects x %d dims, %d classes",
+    "%s on %d objects x %d dims, %d classes, seed %d",
+    "+".join(settings["detectors"]),
     matrix.shape[0],
     matrix.shape[1],
     len(set(class_names)),
+    snakemake.params.seed,
 )
 
-result = class_aware_outliers(
-    matrix,
-    class_names,
-    n_neighbors=settings["n_neighbors"],
-    contamination=settings["contamination"],
-    min_samples=settings["min_samples"],
-    exact_max=settings["exact_max_samples"],
-)
+result = class_aware_outliers(matrix, class_names, settings, seed=snakemake.params.seed)
 result.insert(0, "object_id", ids["object_id"].to_numpy())
 schemas.write_table(
     result,
-    schemas.OUTLIERS,
+    schemas.outliers_schema(settings["detectors"]),
     snakemake.output[0],
 )
 log.info("%d outliers of %d objects", int(result["is_outlier"].sum()), len(result))

@@ -10,7 +10,7 @@ from rare_objects.report import projection  # noqa: E402
 
 outliers = pd.read_parquet(
     snakemake.input.outliers,
-    columns=["object_id", "class_name", "global_score", "class_score", "is_outlier"],
+    columns=["object_id", "class_name", "score_global", "score_class", "is_outlier"],
 )
 concepts = pd.read_parquet(snakemake.input.concepts, columns=["object_id", "is_final_outlier"])
 frame = projection.project(

@@ -16,7 +16,7 @@ boxes = pd.concat(
     [pd.read_parquet(p, columns=columns) for p in snakemake.input.detections], ignore_index=True
 )
 flags = pd.read_parquet(
-    snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "global_score"]
+    snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "score_global"]
 )
 objects = (
     ids[["object_id"]]
@@ -33,6 +33,7 @@ table = select_objects(
     similarity_threshold=settings["similarity_threshold"],
     max_per_cluster=settings["max_per_cluster"],
     partitions=snakemake.params.partitions,
+    seed=snakemake.params.seed,
     exact_max=snakemake.params.exact_max,
 )
 schemas.write_table(

@@ -1,4 +1,7 @@
-"""LOF: exact path is scikit-learn bit for bit; approximate path close; class-aware logic; t-SNE plot."""
+"""LOF: exact path is scikit-learn bit for bit; approximate path close; class-aware logic; t-SNE plot.
+
+The other detectors and the registry: tests/test_outlier_detectors.py.
+"""
 
 import warnings
 
@@ -8,10 +11,12 @@ import pyarrow as pa
 import pytest
 from sklearn.neighbors import LocalOutlierFactor
 
+from rare_objects.backends.outlier_detectors.lof import lof_flags
 from rare_objects.io import schemas
 from rare_objects.report.tsne import plot_tsne, subsample_indices
-from rare_objects.stages.neighbors import AnnParams
-from rare_objects.stages.outliers import OUTLIER_COLUMNS, class_aware_outliers, lof_flags
+from rare_objects.runtime.config import defaults
+from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX, AnnParams
+from rare_objects.stages.outliers import OUTLIER_COLUMNS, class_aware_outliers
 from tests.test_neighbors import clustered
 
 
@@ -24,6 +29,11 @@ def blobs(n=1200, dim=16, seed=0, outliers=30):
     X[:outliers] = rng.standard_normal((outliers, dim)) * 6
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X.astype(np.float32)
+
+
+def lof_settings(**values) -> dict:
+    """The schema's outliers section with ``values`` changed."""
+    return {**defaults()["outliers"], **values}
 
 
 def sklearn_lof(X, n_neighbors, contamination):
@@ -47,12 +57,12 @@ def test_exact_path_is_sklearn(seed, contamination):
 
 def test_fewer_rows_than_neighbours():
     X = blobs(n=12, outliers=2)
-    scores, flags = lof_flags(X, n_neighbors=20, contamination=0.1)
+    scores, flags = lof_flags(X, n_neighbors=20, contamination=0.1, exact_max=DEFAULT_EXACT_MAX)
     ref_scores, ref_flags = sklearn_lof(X, 11, 0.1)  # what scikit-learn falls back to
     np.testing.assert_array_equal(flags, ref_flags)
     np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
     for n in (0, 1, 2):
-        scores, flags = lof_flags(X[:n], n_neighbors=20, contamination=0.5)
+        scores, flags = lof_flags(X[:n], n_neighbors=20, contamination=0.5, exact_max=100)
         assert scores.shape == (n,) and not flags.any() and (scores == -1).all()
     scores, flags = lof_flags(X[:3], n_neighbors=20, contamination=0.5, exact_max=0)
     assert scores.shape == (3,)
@@ -62,7 +72,7 @@ def test_contamination_checked():
     X = blobs(n=50)
     for bad in (0, 0.6, -0.1, "sometimes"):
         with pytest.raises(ValueError):
-            lof_flags(X, contamination=bad)
+            lof_flags(X, 20, bad, exact_max=100)
 
 
 @pytest.mark.parametrize("contamination", [0.05, "auto"])
@@ -84,7 +94,7 @@ def test_approximate_path_close_to_exact(pca_dims):
     X[:60] /= np.linalg.norm(X[:60], axis=1, keepdims=True)
     params = AnnParams(cell_size=250, nprobe=5, candidates=40, pca_dims=pca_dims)
     _, approx = lof_flags(X, 20, 0.05, exact_max=0, ann=params)
-    _, exact = lof_flags(X, 20, 0.05)
+    _, exact = lof_flags(X, 20, 0.05, exact_max=DEFAULT_EXACT_MAX)
     jaccard = (approx & exact).sum() / (approx | exact).sum()
     assert jaccard >= 0.9
     assert approx[:60].all()
@@ -103,19 +113,27 @@ def test_class_aware_logic():
     X = blobs(n=600, seed=6)
     names = np.array(["car"] * 400 + ["bus"] * 190 + ["train"] * 10, dtype=object)
     names[:30] = "car"
-    frame = class_aware_outliers(X, names, n_neighbors=10, contamination=0.1, min_samples=11)
+    frame = class_aware_outliers(
+        X, names, lof_settings(n_neighbors=10, contamination=0.1, min_samples=11), seed=0
+    )
     assert list(frame.columns) == OUTLIER_COLUMNS
     g_scores, g_flags = sklearn_lof(X, 10, 0.1)
     np.testing.assert_array_equal(frame["global_outlier"].to_numpy(), g_flags)
     np.testing.assert_array_equal(frame["global_score"].to_numpy(), g_scores.astype(np.float32))
+    # the detectors' convention: higher = more anomalous, the LOF itself
+    np.testing.assert_array_equal(frame["score_global"].to_numpy(), -g_scores.astype(np.float32))
     car = names == "car"
     c_scores, c_flags = sklearn_lof(X[car], 10, 0.1)
     np.testing.assert_array_equal(frame["class_outlier"].to_numpy()[car], c_flags)
     np.testing.assert_array_equal(
         frame["class_score"].to_numpy()[car].astype(np.float32), c_scores.astype(np.float32)
     )
+    np.testing.assert_array_equal(
+        frame["score_class"].to_numpy()[car].astype(np.float32), -c_scores.astype(np.float32)
+    )
     train = names == "train"  # 10 rows < min_samples 11: no class LOF
     assert frame["class_score"][train].isna().all() and not frame["class_outlier"][train].any()
+    assert frame["score_class"][train].isna().all()
     assert frame["class_score"][~train].notna().all()
     code = frame["outlier_code"].to_numpy()
     g, c = frame["global_outlier"].to_numpy(), frame["class_outlier"].to_numpy()
@@ -130,19 +148,19 @@ def test_class_aware_logic():
         .cast(schemas.OUTLIERS)
     )
     assert table.column("class_score").null_count == 10
+    assert table.column("score_class").null_count == 10
     assert table.column("global_score").null_count == 0
 
 
 def test_class_aware_small_and_empty():
     X = blobs(n=5, outliers=1)
-    frame = class_aware_outliers(
-        X, ["a", "a", "b", "b", "b"], n_neighbors=20, contamination=0.2, min_samples=3
-    )
+    settings = lof_settings(contamination=0.2, min_samples=3)
+    frame = class_aware_outliers(X, ["a", "a", "b", "b", "b"], settings, seed=0)
     assert frame["class_score"].isna().tolist() == [True, True, False, False, False]
-    empty = class_aware_outliers(np.zeros((0, 16), np.float32), [], 20, 0.05)
+    empty = class_aware_outliers(np.zeros((0, 16), np.float32), [], settings, seed=0)
     assert len(empty) == 0 and list(empty.columns) == OUTLIER_COLUMNS
     with pytest.raises(ValueError):
-        class_aware_outliers(X, ["a"], 20, 0.05)
+        class_aware_outliers(X, ["a"], settings, seed=0)
 
 
 # ----------------------------------------------------------------------------- t-SNE

@@ -77,6 +77,8 @@ def make_run(root: Path, n_images: int = 12, per_image: int = 8, seed: int = 0, 
             "is_outlier": codes > 0,
         }
     )
+    outliers["score_global"] = -outliers["global_score"]  # LOF's score, higher = more anomalous
+    outliers["score_class"] = -outliers["class_score"]
     schemas.write_table(pa.Table.from_pandas(outliers), schemas.OUTLIERS, root / "outliers.parquet")
     captioned = outliers[outliers["is_outlier"]].head(15)
     captions = pd.DataFrame(
@@ -144,7 +146,7 @@ def test_safe_name_keeps_safe_names_and_separates_clashes():
 def naive_items(run, max_per_group):
     """The same choice on the whole table at once."""
     outliers = run["outlier_table"].assign(
-        score=lambda f: projection.anomaly_score(f["global_score"], f["class_score"])
+        score=lambda f: projection.anomaly_score(f["score_global"], f["score_class"])
     )
     parts = [
         outliers[outliers["is_outlier"]].assign(
@@ -163,7 +165,9 @@ def naive_items(run, max_per_group):
                 gallery="targets", group=target
             )
         )
-    frame = pd.concat(parts).sort_values(["gallery", "group", "score", "object_id"])
+    frame = pd.concat(parts).sort_values(
+        ["gallery", "group", "score", "object_id"], ascending=[True, True, False, True]
+    )
     return frame.groupby(["gallery", "group"]).head(max_per_group)
 
 
@@ -178,7 +182,7 @@ def test_choose_items_streams_to_the_same_capped_choice(run, batch_size):
     assert items.groupby(["gallery", "group"]).size().max() <= 3
     assert set(items["gallery"]) == set(gallery.GALLERIES)
     for _, group in items.groupby(["gallery", "group"]):  # most anomalous first
-        assert list(group.sort_values("rank")["score"]) == sorted(group["score"])
+        assert list(group.sort_values("rank")["score"]) == sorted(group["score"], reverse=True)
 
 
 def test_galleries_are_written_inside_their_folders_with_labels(run, tmp_path):
@@ -283,7 +287,7 @@ def test_choose_shown_ranks_mined_objects_when_they_exceed_the_cap():
     reasons = np.array(
         ["target"] * 5 + ["outlier"] * 5 + ["final_outlier"] * 2 + ["sample"] * 3, dtype=object
     )
-    scores = np.array([-5, -4, -3, -2, -1, -1, -2, -3, -4, np.nan, 0, 0, -9, -9, -9], dtype=float)
+    scores = np.array([5, 4, 3, 2, 1, 1, 2, 3, 4, np.nan, 0, 0, 9, 9, 9], dtype=float)
     rows = projection.choose_shown(reasons, scores, 6, seed=0)
     # both final outliers, then the four most anomalous outliers (NaN last)
     assert set(rows) == {5, 6, 7, 8, 10, 11}

@@ -259,7 +259,7 @@ def test_target_matches_and_selection_reasons():
             "object_id": [f"o{i}" for i in range(6)],
             "class_name": ["truck", "car", "bicycle", "car", "car", "person"],
             "is_outlier": [False, True, False, True, True, False],
-            "global_score": [-1.0, -3.0, -1.1, -2.0, -2.5, -1.0],
+            "score_global": [1.0, 3.0, 1.1, 2.0, 2.5, 1.0],
             "image_path": ["x.jpg"] * 6,
             "confidence": [0.9] * 6,
             "x1": [0.0] * 6,
@@ -280,10 +280,11 @@ def test_target_matches_and_selection_reasons():
         similarity_threshold=0.99,
         max_per_cluster=2,
         partitions=3,
+        seed=0,
     )
     assert table.loc[0, "target_matches"] == ["construction_vehicle", "trailer"]
     assert table["candidate"].tolist() == [True, True, True, True, True, False]
-    # o1, o3, o4 are one cluster; the two most anomalous (o1: -3.0, o4: -2.5) are kept
+    # o1, o3, o4 are one cluster; the two most anomalous (o1: 3.0, o4: 2.5) are kept
     assert table["selected"].tolist() == [True, True, True, False, True, False]
     assert table.loc[5, "reason"] == "not_a_candidate"
     assert table["needs_vlm"].tolist() == [True, False, True, False, False, False]

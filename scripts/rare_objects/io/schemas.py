@@ -85,11 +85,15 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
-# One row per object with a valid embedding. outlier_code is a bit mask:
-# 1 = outlier in the global LOF, 2 = outlier in its class's LOF, 3 = both,
-# 0 = inlier. is_outlier == (outlier_code != 0), the original's OR-combination.
-# Scores are scikit-learn's negative_outlier_factor_ (lower = more anomalous);
-# class_score is null where the class had fewer than min_samples objects.
+# One row per object with a valid embedding (rare_objects.stages.outliers).
+# outlier_code is a bit mask: 1 = outlier of a detector over all objects,
+# 2 = outlier of a detector within its class, 3 = both, 0 = inlier;
+# is_outlier == (outlier_code != 0), the original's OR-combination.
+# score_global/score_class: the detectors' anomaly score, higher = more
+# anomalous (several detectors: the highest percentile rank among them).
+# global_score/class_score: scikit-learn's LOF negative_outlier_factor_
+# (lower = more anomalous), null when lof is not among the detectors.
+# Class scores are null where the class had fewer than min_samples objects.
 OUTLIERS = pa.schema(
     [
         ("object_id", pa.string()),
@@ -100,8 +104,23 @@ OUTLIERS = pa.schema(
         ("class_outlier", pa.bool_()),
         ("outlier_code", pa.int8()),
         ("is_outlier", pa.bool_()),
+        ("score_global", pa.float32()),
+        ("score_class", pa.float32()),
     ]
 )
+
+
+def outliers_schema(detectors: list[str]) -> pa.Schema:
+    """OUTLIERS plus each detector's own scores when several run (score_{global,class}_<name>)."""
+    if len(detectors) < 2:
+        return OUTLIERS
+    extra = [
+        pa.field(f"score_{scope}_{name}", pa.float32())
+        for name in detectors
+        for scope in ("global", "class")
+    ]
+    return pa.schema(list(OUTLIERS) + extra)
+
 
 # One row per object considered for captioning, with why it was kept or dropped.
 SELECTION = pa.schema(
@@ -124,7 +143,7 @@ SELECTION = pa.schema(
         ("y1", pa.float32()),
         ("x2", pa.float32()),
         ("y2", pa.float32()),
-        ("priority", pa.float32()),  # global LOF score: lower is kept first
+        ("priority", pa.float32()),  # -score_global: lower is kept first
     ]
 )
 

@@ -7,7 +7,7 @@ Galleries (one folder each, one subfolder per group, one small JPEG per crop):
 - ``targets``: the objects matching each target class.
 
 Each group holds at most ``max_per_group`` crops, the most anomalous first
-(lowest of the global and class LOF scores), so the report stays the same
+(highest of the global and class outlier scores), so the report stays the same
 size however many objects a run has. The choice streams the outlier table in
 record batches keeping a running top-k per group (:func:`choose_items`), and
 only the chosen objects' detection rows and originals are read.
@@ -57,15 +57,20 @@ OUTLIER_COLUMNS = [
     "class_name",
     "global_score",
     "class_score",
+    "score_global",
+    "score_class",
     "outlier_code",
     "is_outlier",
 ]
 
 
 def _top(frame: pd.DataFrame, cap: int) -> pd.DataFrame:
-    """Per (gallery, group): the ``cap`` lowest scores, ties by object_id."""
+    """Per (gallery, group): the ``cap`` highest scores (most anomalous), ties by object_id."""
     ordered = frame.sort_values(
-        ["gallery", "group", "score", "object_id"], na_position="last", kind="stable"
+        ["gallery", "group", "score", "object_id"],
+        ascending=[True, True, False, True],
+        na_position="last",
+        kind="stable",
     )
     return ordered.groupby(["gallery", "group"], sort=False).head(cap).reset_index(drop=True)
 
@@ -101,7 +106,7 @@ def choose_items(
             batch_size=batch_size, columns=OUTLIER_COLUMNS
         ):
             rows = batch.to_pandas()
-            rows["score"] = anomaly_score(rows["global_score"], rows["class_score"])
+            rows["score"] = anomaly_score(rows["score_global"], rows["score_class"])
             parts = [kept]
             outliers = rows[rows["is_outlier"].astype(bool)]
             parts.append(

@@ -37,11 +37,12 @@ def shown_reasons(is_final_outlier, is_outlier, is_target) -> np.ndarray:
     return np.select([final, outlier, target], SHOWN_REASONS[:3], default="sample").astype(object)
 
 
-def anomaly_score(global_score, class_score) -> np.ndarray:
-    """The lower of an object's global and class LOF scores (lower = more anomalous; NaN class score ignored)."""
-    g = np.asarray(global_score, dtype=np.float64)
-    c = np.asarray(class_score, dtype=np.float64)
-    return np.fmin(g, c)
+def anomaly_score(score_global, score_class) -> np.ndarray:
+    """The higher of an object's global and class outlier scores (higher = more anomalous, the
+    detectors' convention; a NaN class score is ignored)."""
+    g = np.asarray(score_global, dtype=np.float64)
+    c = np.asarray(score_class, dtype=np.float64)
+    return np.fmax(g, c)
 
 
 def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
@@ -50,7 +51,7 @@ def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
     Every mined object (reason other than ``sample``) is taken when they fit in
     ``max_points``; the rest of the budget is a seeded sample of the others.
     When the mined objects alone exceed the budget they are taken by reason
-    (:data:`SHOWN_REASONS` order), most anomalous (lowest score) first within
+    (:data:`SHOWN_REASONS` order), most anomalous (highest score) first within
     a reason, ties by row.
     """
     if max_points < 1:
@@ -64,7 +65,7 @@ def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
     rest = np.flatnonzero(reasons == "sample")
     if len(mined) >= max_points:
         rank = np.array([SHOWN_REASONS.index(r) for r in reasons[mined]])
-        score = np.nan_to_num(scores[mined], nan=np.inf)
+        score = np.nan_to_num(-scores[mined], nan=np.inf)  # highest first, unknown last
         order = np.lexsort((mined, score, rank))
         return np.sort(mined[order[:max_points]])
     rng = np.random.default_rng(seed)
@@ -166,7 +167,7 @@ def project(
     reasons = shown_reasons(
         final.to_numpy(), outliers["is_outlier"].to_numpy(dtype=bool), is_target
     )
-    scores = anomaly_score(outliers["global_score"], outliers["class_score"])
+    scores = anomaly_score(outliers["score_global"], outliers["score_class"])
     rows = choose_shown(reasons, scores, settings["max_points"], seed)
     mined = int((reasons != "sample").sum())
     log.info(

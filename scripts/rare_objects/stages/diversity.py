@@ -4,7 +4,8 @@ Objects whose embeddings have cosine similarity >= ``threshold`` are linked;
 the clusters are the connected components of that graph (so similarity is
 chained: A~B and B~C put A, B and C in one cluster even when A and C differ
 more). In each cluster at most ``max_per_cluster`` objects are kept, by
-ascending ``priority`` (the LOF score: most anomalous first), ties by row.
+ascending ``priority`` (selection passes the negated anomaly score: most
+anomalous first), ties by row.
 
 The similar pairs come from :func:`rare_objects.stages.neighbors.iter_similar_pairs`:
 exact blocked products up to ``exact_max`` rows, each row's approximate

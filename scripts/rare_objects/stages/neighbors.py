@@ -30,7 +30,9 @@ at recall 0.97; the cell-blocked products run at BLAS speed.
 With a CUDA device and a faiss build with GPU support, the search is exact
 brute force on the GPU instead (``faiss.knn_gpu``).
 
-All results are deterministic for a given input, parameters and thread count.
+All results are deterministic for a given input, parameters (``AnnParams.seed``
+decides the PCA sample and the k-means; the workflow passes its ``seed``) and
+thread count.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class AnnParams:
     pca_sample: int = 50_000  # rows used to fit the PCA
     train_per_cell: int = 40  # k-means training rows per cell
     niter: int = 10  # k-means iterations
-    seed: int = 0
+    seed: int = 0  # the PCA sample and the k-means; the workflow passes its `seed`
     threads: int | None = None  # None = the cores this process may use
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (GPU needs faiss built with CUDA)
     rerank_block: int = 1024  # rows re-ranked at once (memory: block x candidates x dim x 8 bytes)

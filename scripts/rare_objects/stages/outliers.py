@@ -1,110 +1,32 @@
-"""LocalOutlierFactor on the embeddings, globally and per detector class.
+"""Outliers of the embeddings: the chosen detectors, globally and per detector class, OR-combined.
 
-Up to ``exact_max`` rows this is scikit-learn's
-``LocalOutlierFactor(n_neighbors, contamination).fit_predict(X)`` itself, so
-flags and scores are exactly the original's. Above it, the neighbours come
-from the approximate search of :mod:`rare_objects.stages.neighbors` and the same
-scikit-learn estimator runs on them as a precomputed sparse distance graph
-(``metric="precomputed"``): the LOF arithmetic and the contamination rule are
-scikit-learn's in both cases, only the neighbour search differs.
+Each detector of ``outliers.detectors`` (see
+:mod:`rare_objects.backends.outlier_detectors`; default ``[lof]``, the
+original's method) runs once on all rows and once per class with at least
+``min_samples`` rows, as the original runs its LOF. A row is a global outlier
+when any detector flags it on all rows, a class outlier when any flags it in
+its class; ``outlier_code`` = 1 (global), 2 (class), 3 (both) or 0 and
+``is_outlier`` their OR.
 
-Small inputs: with ``n <= n_neighbors`` rows, ``n - 1`` neighbours are used
-(as scikit-learn does); with fewer than 3 rows there is no meaningful local
-density, so nothing is an outlier and every score is -1.0 (a LOF of 1, "as
-dense as its neighbours").
+Scores, higher = more anomalous (the detectors' convention): ``score_global``
+and ``score_class`` are the detector's own score when one detector runs;
+with several (on different scales) each detector's score becomes its
+percentile rank in that scope (share of the scope's rows scoring at most as
+high, in (0, 1]) and the row gets the highest, so selection and the report
+rank the same way whichever detectors ran. With several detectors, each one's
+own scores are kept too (``score_global_<name>``, ``score_class_<name>``).
+``global_score``/``class_score`` stay what they always were, scikit-learn's
+LOF ``negative_outlier_factor_`` (lower = more anomalous), for the JSON;
+they are null when ``lof`` is not among the detectors.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
-from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX, AnnParams, approximate_knn
-
-MIN_ROWS = 3
-
-
-def check_contamination(contamination) -> float | str:
-    if isinstance(contamination, str):
-        if contamination != "auto":
-            raise ValueError(f"contamination {contamination!r}: use a number in (0, 0.5] or 'auto'")
-        return contamination
-    value = float(contamination)
-    if not 0.0 < value <= 0.5:
-        raise ValueError(f"contamination {contamination!r}: use a number in (0, 0.5] or 'auto'")
-    return value
-
-
-def knn_graph(dist: np.ndarray, ind: np.ndarray):
-    """CSR distance graph for ``metric="precomputed"``: each row itself (0) then its neighbours.
-
-    scikit-learn asks the graph for ``n_neighbors + 1`` entries per row and
-    removes the row itself, so the self entry is stored explicitly.
-    """
-    from scipy.sparse import csr_matrix
-
-    n, k = ind.shape
-    indices = np.empty((n, k + 1), dtype=np.int64)
-    indices[:, 0] = np.arange(n)
-    indices[:, 1:] = ind
-    data = np.zeros((n, k + 1), dtype=np.float32)
-    data[:, 1:] = dist
-    indptr = np.arange(0, n * (k + 1) + 1, k + 1, dtype=np.int64)
-    return csr_matrix((data.ravel(), indices.ravel(), indptr), shape=(n, n))
-
-
-def lof_from_neighbors(
-    dist: np.ndarray, ind: np.ndarray, n_neighbors: int, contamination
-) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's LOF on given neighbours (``dist``/``ind`` as :func:`knn` returns them)."""
-    from sklearn.neighbors import LocalOutlierFactor
-
-    lof = LocalOutlierFactor(
-        n_neighbors=n_neighbors, contamination=contamination, metric="precomputed"
-    )
-    with warnings.catch_warnings():
-        # "Duplicate values are leading to incorrect results": the exact path warns too.
-        warnings.filterwarnings("ignore", message="Duplicate values")
-        labels = lof.fit_predict(knn_graph(dist[:, :n_neighbors], ind[:, :n_neighbors]))
-    return lof.negative_outlier_factor_.astype(np.float32), labels == -1
-
-
-def lof_flags(
-    X: np.ndarray,
-    n_neighbors: int = 20,
-    contamination: float | str = 0.05,
-    exact_max: int = DEFAULT_EXACT_MAX,
-    ann: AnnParams | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """LOF over the rows of ``X``: ``(scores float32, is_outlier bool)``.
-
-    ``scores`` is scikit-learn's ``negative_outlier_factor_`` (lower = more
-    anomalous). Exact (scikit-learn on ``X``) when ``len(X) <= exact_max``,
-    else on approximate neighbours; see the module docstring for tiny inputs.
-    """
-    contamination = check_contamination(contamination)
-    if n_neighbors < 1:
-        raise ValueError("n_neighbors must be >= 1")
-    X = np.asarray(X)
-    n = X.shape[0]
-    if n < MIN_ROWS:
-        return np.full(n, -1.0, dtype=np.float32), np.zeros(n, dtype=bool)
-    k = min(n_neighbors, n - 1)
-    if n <= exact_max:
-        from sklearn.neighbors import LocalOutlierFactor
-
-        # k == min(n_neighbors, n - 1) is what scikit-learn uses itself; passing
-        # it keeps the results identical and avoids its warning.
-        lof = LocalOutlierFactor(n_neighbors=k, contamination=contamination)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Duplicate values")
-            labels = lof.fit_predict(X)
-        return lof.negative_outlier_factor_.astype(np.float32), labels == -1
-    dist, ind = approximate_knn(X, k, ann)
-    return lof_from_neighbors(dist, ind, k, contamination)
-
+from rare_objects.backends import outlier_detectors
 
 OUTLIER_COLUMNS = [
     "class_name",
@@ -114,53 +36,94 @@ OUTLIER_COLUMNS = [
     "class_outlier",
     "outlier_code",
     "is_outlier",
+    "score_global",
+    "score_class",
 ]
 
 
-def class_aware_outliers(
-    X: np.ndarray,
-    class_names,
-    n_neighbors: int = 20,
-    contamination: float | str = 0.05,
-    min_samples: int = 10,
-    exact_max: int = DEFAULT_EXACT_MAX,
-    ann: AnnParams | None = None,
-) -> pd.DataFrame:
-    """Global LOF on all rows plus a LOF per class with at least ``min_samples`` rows.
+def check_detectors(detectors) -> list[str]:
+    detectors = list(detectors)
+    if not detectors:
+        raise ValueError("outliers.detectors is empty: choose at least one detector")
+    for name in detectors:
+        outlier_detectors.get(name)
+    if len(set(detectors)) != len(detectors):
+        raise ValueError(f"outliers.detectors lists a detector twice: {detectors}")
+    return detectors
 
-    Returns one row per input row (same order) with the OUTLIERS schema's
-    columns except ``object_id``: ``outlier_code`` is 1 (global outlier),
-    2 (class outlier), 3 (both) or 0; ``is_outlier`` is their OR;
-    ``class_score`` is null (pandas ``Float32`` NA) for classes below
-    ``min_samples``, whose ``class_outlier`` is False.
+
+def _combined(scores: list[np.ndarray]) -> np.ndarray:
+    """One score per row: the detector's own, or the highest percentile rank of several."""
+    if len(scores) == 1:
+        return scores[0]
+    n = len(scores[0])
+    ranks = [rankdata(s, method="max") / n for s in scores]
+    return np.max(ranks, axis=0).astype(np.float32)
+
+
+def _nullable(values: np.ndarray) -> pd.arrays.FloatingArray:
+    column = pd.array(values, dtype="Float32")
+    column[np.isnan(values)] = pd.NA
+    return column
+
+
+def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) -> pd.DataFrame:
+    """Every detector of ``outliers["detectors"]`` on all rows plus per class with >= ``min_samples`` rows.
+
+    ``outliers`` is the validated ``outliers`` section of the configuration.
+    Returns one row per input row (same order) with :data:`OUTLIER_COLUMNS`
+    (plus each detector's own scores when several run, as in
+    :func:`rare_objects.io.schemas.outliers_schema`); class scores are null (pandas ``Float32``
+    NA) for classes below ``min_samples``, whose ``class_outlier`` is False.
     """
-    X = np.asarray(X)
+    detectors = check_detectors(outliers["detectors"])
+    X = np.asarray(X, dtype=np.float32)
     names = np.asarray(class_names, dtype=object)
     n = X.shape[0]
     if names.shape != (n,):
         raise ValueError(f"class_names has {names.shape[0]} entries for {n} rows")
-    global_score, global_outlier = lof_flags(X, n_neighbors, contamination, exact_max, ann)
-    class_score = np.full(n, np.nan, dtype=np.float32)
+    settings = {name: outlier_detectors.settings_for(name, outliers) for name in detectors}
+    global_scores, class_scores = {}, {}
+    global_outlier = np.zeros(n, dtype=bool)
     class_outlier = np.zeros(n, dtype=bool)
+    for name in detectors:
+        found = outlier_detectors.detect(name, X, settings[name], seed)
+        global_scores[name] = found.score
+        global_outlier |= found.is_outlier
+        class_scores[name] = np.full(n, np.nan, dtype=np.float32)
+    class_combined = np.full(n, np.nan, dtype=np.float32)
     labels, inverse, counts = np.unique(names.astype(str), return_inverse=True, return_counts=True)
     for c, count in enumerate(counts):
-        if count < min_samples:
+        if count < outliers["min_samples"]:
             continue
         rows = np.flatnonzero(inverse == c)
-        score, flag = lof_flags(X[rows], n_neighbors, contamination, exact_max, ann)
-        class_score[rows] = score
-        class_outlier[rows] = flag
+        in_class = []
+        for name in detectors:
+            found = outlier_detectors.detect(name, X[rows], settings[name], seed)
+            class_scores[name][rows] = found.score
+            class_outlier[rows] |= found.is_outlier
+            in_class.append(found.score)
+        class_combined[rows] = _combined(in_class)
     code = global_outlier.astype(np.int8) | (class_outlier.astype(np.int8) << 1)
-    class_score_col = pd.array(class_score, dtype="Float32")
-    class_score_col[np.isnan(class_score)] = pd.NA
-    return pd.DataFrame(
+    has_lof = "lof" in class_scores
+    # LOF's score is -negative_outlier_factor_ (exact float32 negation): the old columns' values.
+    legacy_global = -global_scores["lof"] if has_lof else np.full(n, np.nan, np.float32)
+    legacy_class = -class_scores["lof"] if has_lof else np.full(n, np.nan, np.float32)
+    frame = pd.DataFrame(
         {
             "class_name": pd.Series(names, dtype=object),
-            "global_score": global_score.astype(np.float32),
-            "class_score": class_score_col,
+            "global_score": _nullable(legacy_global),
+            "class_score": _nullable(legacy_class),
             "global_outlier": global_outlier,
             "class_outlier": class_outlier,
             "outlier_code": code.astype(np.int8),
             "is_outlier": code != 0,
+            "score_global": _combined([global_scores[d] for d in detectors]),
+            "score_class": _nullable(class_combined),
         }
     )
+    if len(detectors) > 1:
+        for name in detectors:
+            frame[f"score_global_{name}"] = global_scores[name]
+            frame[f"score_class_{name}"] = _nullable(class_scores[name])
+    return frame

@@ -1,18 +1,22 @@
 """Which objects get a caption: outliers and target matches, then the diversity filter.
 
 The original's get_optimized_target_classes and avoid_similar_images, as one
-table that says for every object whether it was kept and why.
+table that says for every object whether it was kept and why. Within a
+near-duplicate cluster the most anomalous objects are kept first: the highest
+``score_global`` (the outlier detectors' convention, higher = more anomalous,
+whichever detectors ran).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from rare_objects.export import target_matches
-from rare_objects.stages.diversity import diversity_filter
+from rare_objects.stages.diversity import DIVERSITY_ANN, diversity_filter
 from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX
 
 
@@ -36,12 +40,14 @@ def select_objects(
     similarity_threshold: float,
     max_per_cluster: int,
     partitions: int,
+    seed: int,
     exact_max: int = DEFAULT_EXACT_MAX,
 ) -> pd.DataFrame:
     """The selection table (schemas.SELECTION) for ``objects``.
 
-    ``objects`` has object_id, class_name, is_outlier, global_score, image_path,
+    ``objects`` has object_id, class_name, is_outlier, score_global, image_path,
     confidence and the box, in the row order of ``matrix`` (their embeddings).
+    ``seed`` seeds the near-duplicate search above ``exact_max`` rows.
     """
     frame = objects.reset_index(drop=True).copy()
     frame["target_matches"] = target_matches(frame["class_name"], targets)
@@ -57,7 +63,9 @@ def select_objects(
         if "targets" in include:
             candidate |= is_target
     frame["candidate"] = candidate
-    frame["priority"] = frame["global_score"].astype(np.float32)
+    # The diversity filter keeps the lowest priority first: the negated score
+    # (exact in float32), so the highest score_global comes first.
+    frame["priority"] = -frame["score_global"].astype(np.float32)
     frame["cluster_id"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     frame["selected"] = False
     frame["reason"] = "not_a_candidate"
@@ -69,6 +77,7 @@ def select_objects(
             threshold=similarity_threshold,
             max_per_cluster=max_per_cluster,
             exact_max=exact_max,
+            ann=replace(DIVERSITY_ANN, seed=seed),
         )
         frame.loc[positions, "cluster_id"] = cluster
         frame.loc[positions, "selected"] = keep

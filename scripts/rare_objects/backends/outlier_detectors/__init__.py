@@ -1,0 +1,143 @@
+"""Outlier detectors behind a registry: a name in ``outliers.detectors`` maps to one module here.
+
+Every module of this package (``lof``, ``isolation_forest``, ``knn_distance``)
+is a detector; its module name is its name in the configuration and it defines
+
+``detect(X, settings, seed) -> Detection``
+
+and may define ``check_settings(settings)`` (raise ValueError on a bad
+value), called by :func:`settings_for` so a bad setting stops the run before
+any detector has spent time;
+
+- ``X``: the embedding matrix, float32, one L2-normalised row per object;
+- ``settings``: its resolved settings (:func:`settings_for`): the shared keys
+  of the ``outliers`` section (``n_neighbors``, ``contamination``,
+  ``exact_max_samples``) overridden by the non-null keys of its own section
+  ``outliers.<name>``;
+- ``seed``: the run's seed, for every random choice it makes (IsolationForest's
+  trees, the approximate neighbour search's sample and k-means).
+
+It returns one ``score`` per row with ONE convention for every detector:
+**higher = more anomalous** (float32), and ``is_outlier`` (bool). The stage
+(:mod:`rare_objects.stages.outliers`) runs each chosen detector on all rows
+and per class, and ORs the flags; selection and the report rank by the
+scores without knowing which detector made them.
+
+Adding a detector: one module here with ``detect`` (and a docstring saying
+what its score is) plus its section ``outliers.<name>`` in
+schemas/config.schema.yaml (the enum of ``outliers.detectors`` is checked
+against :func:`names` by the tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+
+import numpy as np
+
+# Keys of the ``outliers`` section a detector inherits unless its own section sets them.
+SHARED_KEYS = ("n_neighbors", "contamination", "exact_max_samples")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detector's result on one set of rows."""
+
+    score: np.ndarray  # float32 (n,): higher = more anomalous
+    is_outlier: np.ndarray  # bool (n,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "score", np.asarray(self.score, dtype=np.float32))
+        object.__setattr__(self, "is_outlier", np.asarray(self.is_outlier, dtype=bool))
+        if self.score.shape != self.is_outlier.shape or self.score.ndim != 1:
+            raise ValueError(
+                f"score {self.score.shape} and is_outlier {self.is_outlier.shape} must be (n,)"
+            )
+
+
+@cache
+def _registry() -> dict[str, ModuleType]:
+    modules = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if not callable(getattr(module, "detect", None)):
+            raise TypeError(f"outlier detector module {module.__name__} has no detect()")
+        modules[info.name] = module
+    return modules
+
+
+def names() -> list[str]:
+    """The registered detectors' names, sorted."""
+    return sorted(_registry())
+
+
+def get(name: str) -> ModuleType:
+    """The module of detector ``name``."""
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown outlier detector {name!r}; use one of {', '.join(names())}")
+    return registry[name]
+
+
+def check_contamination(contamination, allow_auto: bool = True) -> float | str:
+    """``contamination`` as a number in (0, 0.5], or ``"auto"`` where the detector has a rule for it."""
+    allowed = "a number in (0, 0.5]" + (" or 'auto'" if allow_auto else "")
+    if isinstance(contamination, str):
+        if contamination != "auto" or not allow_auto:
+            raise ValueError(f"contamination {contamination!r}: use {allowed}")
+        return contamination
+    value = float(contamination)
+    if not 0.0 < value <= 0.5:
+        raise ValueError(f"contamination {contamination!r}: use {allowed}")
+    return value
+
+
+def settings_for(name: str, outliers: dict) -> dict:
+    """Detector ``name``'s settings from the validated ``outliers`` section (defaults filled).
+
+    The shared keys (:data:`SHARED_KEYS`), then every key of ``outliers[name]``
+    that is not null. No defaults here: the schema fills them.
+    """
+    module = get(name)
+    settings = {key: outliers[key] for key in SHARED_KEYS}
+    settings.update({k: v for k, v in outliers[name].items() if v is not None})
+    check = getattr(module, "check_settings", None)
+    if check is not None:
+        try:
+            check(settings)
+        except ValueError as error:
+            raise ValueError(f"outliers.{name}: {error}") from None
+    return settings
+
+
+def detect(name: str, X: np.ndarray, settings: dict, seed: int) -> Detection:
+    """Run detector ``name`` on the rows of ``X`` (an empty ``X`` gives empty results)."""
+    module = get(name)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D embedding matrix, got shape {X.shape}")
+    if X.shape[0] == 0:
+        return Detection(np.zeros(0, np.float32), np.zeros(0, bool))
+    result = module.detect(X, settings, seed)
+    if result.score.shape != (X.shape[0],):
+        raise ValueError(
+            f"detector {name} returned {result.score.shape[0]} scores for {len(X)} rows"
+        )
+    return result
+
+
+__all__ = [
+    "Detection",
+    "SHARED_KEYS",
+    "check_contamination",
+    "detect",
+    "get",
+    "names",
+    "settings_for",
+]

@@ -1,0 +1,41 @@
+"""Mean distance to the k nearest neighbours (Angiulli & Pizzuti's kNN-weight, averaged).
+
+Score: the mean Euclidean distance from a row to its ``n_neighbors`` nearest
+other rows (on unit rows, ``sqrt(2 - 2 cos)``); higher = more anomalous
+(farther from everything). Flags: the rows whose score is strictly above the
+``1 - contamination`` quantile of the scores (numpy's linear interpolation),
+so about a ``contamination`` share of the rows, fewer when scores tie at the
+threshold. ``contamination`` must be a number: there is no ``"auto"`` rule.
+
+Neighbours come from :func:`rare_objects.stages.neighbors.knn`: exact
+(scikit-learn) up to ``exact_max_samples`` rows, the scalable approximate
+search (seeded with the run's seed) above. With ``n <= n_neighbors`` rows,
+``n - 1`` neighbours are used; a single row has score 0 and is no outlier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rare_objects.backends.outlier_detectors import Detection, check_contamination
+from rare_objects.stages.neighbors import AnnParams, knn
+
+
+def check_settings(settings: dict) -> None:
+    check_contamination(settings["contamination"], allow_auto=False)
+    if settings["n_neighbors"] < 1:
+        raise ValueError("n_neighbors must be >= 1")
+
+
+def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
+    """Mean distance to the k nearest rows (higher = more anomalous); outliers above the quantile."""
+    check_settings(settings)
+    contamination = float(settings["contamination"])
+    n = X.shape[0]
+    if n < 2:
+        return Detection(np.zeros(n, np.float32), np.zeros(n, bool))
+    k = min(settings["n_neighbors"], n - 1)
+    dist, _ = knn(X, k, settings["exact_max_samples"], AnnParams(seed=seed))
+    score = dist.mean(axis=1, dtype=np.float64).astype(np.float32)
+    threshold = np.quantile(score, 1.0 - contamination)
+    return Detection(score, score > threshold)
