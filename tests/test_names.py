@@ -69,3 +69,24 @@ def test_a_longer_limit_keeps_long_safe_names_and_still_bounds_the_rest():
     assert safe_name(stem, max_len=128) == stem
     assert len(safe_name("y" * 1000, max_len=128)) == 128 + 9
     assert safe_name("y" * 1000, max_len=128) != safe_name("y" * 999, max_len=128)
+
+
+def _config_with_targets(targets):
+    import yaml
+
+    from rare_objects.runtime.config import SCHEMA_PATH
+
+    config = yaml.safe_load((SCHEMA_PATH.parents[1] / "config.yaml").read_text())
+    config["targets"] = targets
+    return config
+
+
+def test_the_schema_takes_any_printable_target_name_and_refuses_empty_ones():
+    from rare_objects.runtime.config import ConfigError, validate
+
+    hostile = {"../../x": ["car/van"], "CON": [], "a:b": ["a:b"], "L" * 300: []}
+    assert validate(_config_with_targets(hostile))["targets"] == hostile
+    with pytest.raises(ConfigError, match="targets: '' should be non-empty"):
+        validate(_config_with_targets({"": ["car"]}))
+    with pytest.raises(ConfigError, match=r"targets: 'a\\nb' does not match"):
+        validate(_config_with_targets({"a\nb": ["car"]}))

@@ -129,7 +129,7 @@ class TreeWriter:
     """The export writer of the results tree in ``out_dir`` (see the module docstring).
 
     ``open_image(path)`` decodes an original (default: :func:`rare_objects.io.images.open_rgb`
-    without limits); ``write_desc(row, crop_path, path)`` and ``write_plot(row, path)``
+    with its default limits); ``write_desc(row, crop_path, path)`` and ``write_plot(row, path)``
     write a captioned object's ``_desc.txt`` and ``_probs.png``.
     """
 
