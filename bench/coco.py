@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GIB, machine, run_isolated  # noqa: E402
-from export import SWITCHES, TARGETS, _generate, _inputs  # noqa: E402
+from export import TARGETS, _generate, _inputs, export_writers  # noqa: E402
 
 
 def _image_tables(root: str) -> None:
@@ -81,20 +81,20 @@ class _Timed:
         self._timed(self.writer.__enter__)
         return self
 
-    def write_shard(self, frame, records):
-        self._timed(self.writer.write_shard, frame, records)
+    def write_shard(self, shard):
+        self._timed(self.writer.write_shard, shard)
 
     def __exit__(self, *exc):
         return self._timed(self.writer.__exit__, *exc)
 
 
 def _export(root: str, out: str, coco_objects: list[str] | None) -> dict:
-    from rare_objects import export
-    from rare_objects.export import coco
+    from rare_objects.export import coco, export_shards
+    from rare_objects.export.rows import read_object_tables
 
     detections, paths = _inputs(Path(root))
     out = Path(out)
-    tables = export.read_object_tables(
+    tables = read_object_tables(
         paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
     )
     writers = (
@@ -109,19 +109,7 @@ def _export(root: str, out: str, coco_objects: list[str] | None) -> dict:
         else []
     )
     start = time.process_time()
-    export.export_shards(
-        detections,
-        tables,
-        TARGETS,
-        out,
-        out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS],
-        SWITCHES,
-        max_inliers=200,
-        seed=0,
-        link_mode="symlink",
-        writers=writers,
-    )
+    export_shards(detections, tables, targets=TARGETS, writers=[*export_writers(out), *writers])
     figures = {"cpu_s": time.process_time() - start}
     if writers:
         figures.update(

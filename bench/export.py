@@ -11,8 +11,9 @@ Per-object files are off, as in a full run; the original images are linked
 (``link_mode: symlink``, to paths that need not exist). Each part runs in its
 own child process, so each peak-RSS figure is that part alone:
 
-1. the baseline: the in-memory export (every shard concatenated, assembled and
-   written as one frame: what export_results did before it streamed);
+1. the baseline: the in-memory export (every shard concatenated into one shard
+   beforehand, then assembled and written as one frame: what export_results did
+   before it streamed);
 2. :func:`rare_objects.export.export_shards`, one shard at a time.
 
 Both must write byte-identical detection_results.json and target files.
@@ -38,11 +39,15 @@ TARGETS = {
     "bicycle": ["bicycle", "motorcycle"],
 }
 CLASSES = ["car", "truck", "bus", "person", "bicycle", "motorcycle", "traffic light", "stop sign"]
-SWITCHES = {
+# The tree's settings: no per-object files, as in a full run; originals linked.
+TREE = {
     "save_crops": False,
     "save_descriptions": False,
     "save_probability_plots": False,
     "keep_cropped_objects": False,
+    "link_mode": "symlink",
+    "max_inliers": 200,
+    "seed": 0,
 }
 IMAGES_PER_SHARD = 240
 
@@ -159,54 +164,50 @@ def _inputs(root: Path):
     }
 
 
-def _in_memory(root: str, out: str) -> None:
+def export_writers(out: Path) -> list:
+    """The rule's writers of the tree, detection_results.json and the target files."""
+    from rare_objects.export.json_writers import (
+        ResultsWriter,
+        target_results_name,
+        target_results_writers,
+    )
+    from rare_objects.export.tree import TreeSettings, TreeWriter
+
+    return [
+        TreeWriter(out, TARGETS, TreeSettings(**TREE)),
+        ResultsWriter(out / "detection_results.json"),
+        *target_results_writers(TARGETS, [out / target_results_name(t) for t in TARGETS]),
+    ]
+
+
+def _one_shard(root: str) -> None:
+    """Every detection shard in one shard file (the in-memory baseline's input)."""
     import pandas as pd
 
-    from rare_objects import export
+    from rare_objects.io import schemas
 
-    detections, paths = _inputs(Path(root))
-    out = Path(out)
-    frame = export.assemble(
-        pd.concat([pd.read_parquet(p) for p in detections], ignore_index=True),
-        pd.read_parquet(paths["outliers"]),
-        TARGETS,
-        pd.read_parquet(paths["selection"]),
-        pd.read_parquet(paths["captions"]),
-        pd.read_parquet(paths["concepts"]),
+    detections, _ = _inputs(Path(root))
+    frame = pd.concat([pd.read_parquet(p) for p in detections], ignore_index=True)
+    schemas.write_table(frame, schemas.DETECTIONS, Path(root) / "whole" / "all.parquet")
+
+
+def _export(detections: list, root: str, out: str) -> None:
+    from rare_objects.export import export_shards
+    from rare_objects.export.rows import read_object_tables
+
+    _, paths = _inputs(Path(root))
+    tables = read_object_tables(
+        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
     )
-    crop_paths = export.export_tree(
-        frame, out, TARGETS, SWITCHES, link_mode="symlink", max_inliers=200, seed=0
-    )
-    export.write_json_array(
-        export.result_records(frame, crop_paths), out / "detection_results.json"
-    )
-    for target in TARGETS:
-        matching = frame[frame["target_matches"].map(lambda ts, t=target: t in ts)]
-        export.write_json_array(
-            export.result_records(matching, crop_paths), out / f"{target}_results.json"
-        )
+    export_shards(detections, tables, targets=TARGETS, writers=export_writers(Path(out)))
+
+
+def _in_memory(root: str, out: str) -> None:
+    _export([Path(root) / "whole" / "all.parquet"], root, out)
 
 
 def _streaming(root: str, out: str) -> None:
-    from rare_objects import export
-
-    detections, paths = _inputs(Path(root))
-    out = Path(out)
-    tables = export.read_object_tables(
-        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
-    )
-    export.export_shards(
-        detections,
-        tables,
-        TARGETS,
-        out,
-        out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS],
-        SWITCHES,
-        max_inliers=200,
-        seed=0,
-        link_mode="symlink",
-    )
+    _export(_inputs(Path(root))[0], root, out)
 
 
 def main() -> None:
@@ -223,6 +224,7 @@ def main() -> None:
             f"data: {n:,} objects in {shards} detection shards, 5% outliers; parquet {size:.2f} GiB "
             f"(generated in {seconds:.0f} s)"
         )
+        run_isolated(_one_shard, str(tmp / "in"))
         _, base_s, base_rss = run_isolated(_in_memory, str(tmp / "in"), str(tmp / "memory"))
         print(
             f"baseline in-memory export: {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB "

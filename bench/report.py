@@ -146,9 +146,9 @@ def _galleries(root: str, out: str, per_group: int) -> int:
 def _explorer(root: str, out: str, points: int, seed: int) -> tuple[int, int, int]:
     import pandas as pd
 
-    from rare_objects.export import target_matches
     from rare_objects.io import images
     from rare_objects.report import explorer, projection
+    from rare_objects.stages.targets import target_matches
 
     detections, paths = _inputs(Path(root))
     outliers = pd.read_parquet(paths["outliers"])

@@ -7,10 +7,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from snakemake.exceptions import WorkflowError
+from snakemake.io import get_wildcard_names, strip_wildcard_constraints
+
+from rare_objects.backends import captioning
+from rare_objects.io import sources
 from rare_objects.runtime import config as config_checks
 from rare_objects.runtime import models
-from rare_objects.io import sources
-from rare_objects.backends import captioning
 
 config_checks.validate(config)
 
@@ -125,30 +128,40 @@ def export_inputs(wildcards):
     }
 
 
+# The values of each wildcard of the run's per-job rules (their benchmarks go in timing.txt).
+RUN_WILDCARDS = {"shard": SHARDS, "part": CAPTION_PARTS}
+
+
+def run_benchmarks(*excluded_rules):
+    """The benchmark file of every job of this run, in the order the rules are defined:
+    each rule whose benchmark lies under RESULTS/benchmarks (not the demo models'),
+    expanded over the values of its wildcards. A new rule's benchmark is listed by
+    declaring it; a new wildcard needs its values in RUN_WILDCARDS."""
+    paths = []
+    for declared in workflow.rules:
+        if declared.name in excluded_rules or not isinstance(declared.benchmark, str):
+            continue
+        pattern = strip_wildcard_constraints(declared.benchmark)
+        if not pattern.startswith(f"{RESULTS}/benchmarks/"):
+            continue
+        names = sorted(get_wildcard_names(pattern))
+        unknown = [name for name in names if name not in RUN_WILDCARDS]
+        if unknown:
+            raise WorkflowError(
+                f"the benchmark of {declared.name} has wildcards {unknown} without values in RUN_WILDCARDS"
+            )
+        paths.extend(expand(pattern, **{name: RUN_WILDCARDS[name] for name in names}))
+    return paths
+
+
 def timing_benchmarks(wildcards):
     """Benchmark files of every job of this run, for timing.txt."""
-    return [
-        *per_shard(f"{RESULTS}/benchmarks/detect/{{shard}}.tsv"),
-        *per_shard(f"{RESULTS}/benchmarks/embed/{{shard}}.tsv"),
-        f"{RESULTS}/benchmarks/outliers.tsv",
-        f"{RESULTS}/benchmarks/tsne_plot.tsv",
-        f"{RESULTS}/benchmarks/select_objects.tsv",
-        *expand(f"{RESULTS}/benchmarks/caption/part-{{part}}.tsv", part=CAPTION_PARTS),
-        f"{RESULTS}/benchmarks/analyse_concepts.tsv",
-        f"{RESULTS}/benchmarks/export_results.tsv",
-        f"{RESULTS}/benchmarks/training_selection.tsv",
-        # rules/report.smk
-        f"{RESULTS}/benchmarks/projection.tsv",
-        f"{RESULTS}/benchmarks/explorer.tsv",
-        f"{RESULTS}/benchmarks/report_galleries.tsv",
-        f"{RESULTS}/benchmarks/report_overview.tsv",
-    ]
+    return run_benchmarks("write_timing")
 
 
 def overview_benchmarks(wildcards):
     """The benchmark files that the report's timing table shows: every one but its own."""
-    own = f"{RESULTS}/benchmarks/report_overview.tsv"
-    return [path for path in timing_benchmarks(wildcards) if path != own]
+    return run_benchmarks("write_timing", "report_overview")
 
 
 # --- the report's galleries (rules/report.smk) ---

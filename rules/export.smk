@@ -1,3 +1,6 @@
+from rare_objects.export.json_writers import target_results_name
+
+
 rule export_results:
     input:
         unpack(export_inputs),
@@ -7,9 +10,9 @@ rule export_results:
         results=f"{RESULTS}/detection_results.json",
         statistics=f"{RESULTS}/statistics.json",
         rejects=f"{RESULTS}/rejected_images.csv",
-        target_results=expand(
-            f"{RESULTS}/{{target}}_results.json", target=list(config["targets"])
-        ),
+        target_results=[
+            f"{RESULTS}/{target_results_name(target)}" for target in config["targets"]
+        ],
         tree=directory(expand(f"{RESULTS}/{{folder}}", folder=EXPORT_FOLDERS)),
         coco=f"{RESULTS}/coco_detections.json",
     log:

@@ -1,14 +1,12 @@
 """Rule report_galleries: the report's crop galleries (capped per group) and the rejected-images table."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.io import images  # noqa: E402
+from rare_objects.io import atomic, images  # noqa: E402
 from rare_objects.report import gallery  # noqa: E402
 
 settings = snakemake.params.report
@@ -43,7 +41,5 @@ gallery.write_galleries(
 )
 rejects = pd.concat([pd.read_parquet(p) for p in snakemake.input.rejects], ignore_index=True)
 sections, note = gallery.rejected_frames(rejects, settings["max_rejected_per_reason"])
-Path(snakemake.output.rejected).write_text(
-    gallery.html_tables("Rejected images", sections, note), encoding="utf-8"
-)
+atomic.write_text(snakemake.output.rejected, gallery.html_tables("Rejected images", sections, note))
 log.info("%d rejected images tabled", len(rejects))

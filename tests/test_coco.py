@@ -10,28 +10,12 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from rare_objects import export
 from rare_objects.export import coco
-from tests.test_export import SWITCHES, TARGETS, tree_contents, tree_options, write_inputs
+from tests.test_export import streaming_export, tree_contents, write_inputs
 
 
 def run_export(detection_paths, paths, out, writers=()):
-    tables = export.read_object_tables(
-        paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
-    )
-    return export.export_shards(
-        detection_paths,
-        tables,
-        TARGETS,
-        out,
-        out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS],
-        SWITCHES,
-        max_inliers=7,
-        seed=3,
-        writers=writers,
-        **tree_options(),
-    )
+    return streaming_export(detection_paths, paths, out, extra_writers=writers)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The streaming export (one detection shard at a time) against the in-memory one."""
+"""The streaming export (one detection shard at a time) against the export of one shard
+holding every object, and its JSON files and statistics against references written here."""
 
 from __future__ import annotations
 
@@ -10,18 +11,28 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from rare_objects import export
-from rare_objects.export import report_files
+from rare_objects.export import Shard, export_shards, rows
+from rare_objects.export.json_writers import (
+    ResultsWriter,
+    target_results_name,
+    target_results_writers,
+)
+from rare_objects.export.statistics import StatisticsWriter
+from rare_objects.export.tree import TreeSettings, TreeWriter, place_file
 from rare_objects.io import schemas
 
 TARGETS = {"trailer": ["truck"], "construction_vehicle": ["truck", "bus"]}
 CLASSES = ["car", "truck", "bus", "person"]
-SWITCHES = {
-    "save_crops": True,
-    "save_descriptions": True,
-    "save_probability_plots": False,
-    "keep_cropped_objects": False,
-}
+SETTINGS = TreeSettings(
+    save_crops=True,
+    save_descriptions=True,
+    save_probability_plots=False,
+    keep_cropped_objects=False,
+    link_mode="copy",
+    max_inliers=7,
+    seed=3,
+)
+NO_REJECTS = pd.DataFrame({"reason": []})
 
 
 def write_inputs(root, n_shards=4, images_per_shard=5, seed=0):
@@ -136,57 +147,62 @@ def _arrow(frame):
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def tree_options():
-    return {
-        "write_desc": lambda row, crop, path: path.write_text(
-            report_files.format_desc(export.desc_record(row, crop)), encoding="utf-8"
-        ),
-    }
+def export_writers(out, targets=TARGETS, settings=SETTINGS, images=(0, 0), extra=()):
+    """The rule's writers, in its order: tree, detection_results, target files, ``extra``, statistics."""
+    return [
+        TreeWriter(out, targets, settings),
+        ResultsWriter(out / "detection_results.json"),
+        *target_results_writers(targets, [out / target_results_name(t) for t in targets]),
+        *extra,
+        StatisticsWriter(out / "statistics.json", targets, images, NO_REJECTS),
+    ]
 
 
-def in_memory_export(detection_paths, paths, out):
-    """The reference: every shard concatenated, assembled and exported as one frame."""
-    detections = pd.concat([pd.read_parquet(p) for p in detection_paths], ignore_index=True)
-    frame = export.assemble(
-        detections,
-        pd.read_parquet(paths["outliers"]),
-        TARGETS,
-        pd.read_parquet(paths["selection"]),
-        pd.read_parquet(paths["captions"]),
-        pd.read_parquet(paths["concepts"]),
-    )
-    crop_paths = export.export_tree(
-        frame, out, TARGETS, SWITCHES, max_inliers=7, seed=3, **tree_options()
-    )
-    export.write_json_array(
-        export.result_records(frame, crop_paths), out / "detection_results.json"
-    )
-    for target in TARGETS:
-        matching = frame[frame["target_matches"].map(lambda ts, t=target: t in ts)]
-        export.write_json_array(
-            export.result_records(matching, crop_paths), out / f"{target}_results.json"
-        )
-    images = pd.DataFrame({"n_objects": detections.groupby("image_id").size()})
-    return frame, export.statistics(frame, images, pd.DataFrame({"reason": []}), TARGETS)
-
-
-def streaming_export(detection_paths, paths, out):
-    tables = export.read_object_tables(
+def streaming_export(detection_paths, paths, out, extra_writers=(), targets=TARGETS):
+    tables = rows.read_object_tables(
         paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
     )
-    counts = export.export_shards(
+    return export_shards(
         detection_paths,
         tables,
-        TARGETS,
-        out,
-        out / "detection_results.json",
-        [out / f"{t}_results.json" for t in TARGETS],
-        SWITCHES,
-        max_inliers=7,
-        seed=3,
-        **tree_options(),
+        targets=targets,
+        writers=export_writers(out, targets, extra=extra_writers),
     )
-    return counts
+
+
+def one_shard(detection_paths, path):
+    """Every detection shard's rows in one shard file (the whole-frame reference)."""
+    frame = pd.concat([pd.read_parquet(p) for p in detection_paths], ignore_index=True)
+    schemas.write_table(frame, schemas.DETECTIONS, path)
+    return [path]
+
+
+def reference_json_array(records) -> bytes:
+    """A JSON array with one record per line, as the export writes it."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    return (("[\n  " + ",\n  ".join(lines) + "\n]\n") if lines else "[]\n").encode()
+
+
+def reference_statistics(frame, targets) -> dict:
+    """statistics.json's per-object figures of a whole assembled frame, computed here directly."""
+    final = frame["is_final_outlier"].map(lambda v: v is True or v == 1.0)
+    return {
+        "total_objects": len(frame),
+        "processed_objects": int(frame["description"].notna().sum()),
+        "outlier_count": int(frame["is_outlier"].sum()),
+        "final_outlier_count": int(final.sum()),
+        "target_counts": {
+            t: int(frame["target_matches"].map(lambda ts, t=t: t in ts).sum()) for t in targets
+        },
+        "class_distribution": frame["class_name"].value_counts().sort_index().to_dict(),
+        "outlier_code_counts": {
+            str(k): int(v) for k, v in frame["outlier_code"].value_counts().sort_index().items()
+        },
+        "total_images": 0,
+        "images_with_objects": 0,
+        "rejected_images": 0,
+        "rejected_by_reason": {},
+    }
 
 
 def tree_contents(root):
@@ -196,24 +212,40 @@ def tree_contents(root):
 
 
 @pytest.mark.parametrize("n_shards", [1, 4])
-def test_streaming_export_writes_what_the_in_memory_export_writes(tmp_path, n_shards):
+def test_streaming_export_writes_what_the_whole_frame_export_writes(tmp_path, n_shards):
     detection_paths, paths = write_inputs(
         tmp_path / "in", n_shards=n_shards, images_per_shard=20 // n_shards
     )
-    frame, expected_stats = in_memory_export(detection_paths, paths, tmp_path / "memory")
-    counts = streaming_export(detection_paths, paths, tmp_path / "stream")
-    n_images = len(frame["image_id"].unique())
-    stats = counts.statistics(n_images, n_images, pd.DataFrame({"reason": []}), TARGETS)
+    whole = one_shard(detection_paths, tmp_path / "in" / "all.parquet")
+    streaming_export(whole, paths, tmp_path / "memory")
+    streaming_export(detection_paths, paths, tmp_path / "stream")
 
     expected = tree_contents(tmp_path / "memory")
     streamed = tree_contents(tmp_path / "stream")
     assert sorted(streamed) == sorted(expected)
     streamed = {k: v.replace(b"/stream/", b"/memory/") for k, v in streamed.items()}
     assert streamed == expected
-    assert stats == expected_stats
+
+    # The JSON files and statistics against references computed on the whole frame.
+    frame = rows.assemble(
+        pd.read_parquet(whole[0]),
+        pd.read_parquet(paths["outliers"]),
+        TARGETS,
+        pd.read_parquet(paths["selection"]),
+        pd.read_parquet(paths["captions"]),
+        pd.read_parquet(paths["concepts"]),
+    )
+    results = json.loads(expected["detection_results.json"])
+    crop_paths = {r["object_id"]: r["path"] for r in results if r["path"] is not None}
+    records = list(rows.result_records(frame, crop_paths))
+    assert expected["detection_results.json"] == reference_json_array(records)
+    for target in TARGETS:
+        matching = [r for r in records if target in r["target_matches"]]
+        assert matching and expected[f"{target}_results.json"] == reference_json_array(matching)
+    assert json.loads(streamed["statistics.json"]) == reference_statistics(frame, TARGETS)
+
     # The comparison covers every kind of output: sampled inliers (fewer than all),
     # outliers, both target files, renamed clashing stems and description files.
-    results = json.loads((tmp_path / "stream" / "detection_results.json").read_text())
     assert len(results) == len(frame) > 40
     crop_files = {f"{name}.jpg" for name in frame["crop_name"]}
     assert (
@@ -222,7 +254,12 @@ def test_streaming_export_writes_what_the_in_memory_export_writes(tmp_path, n_sh
     assert (~frame["is_outlier"]).sum() > 7 and frame["is_outlier"].sum() > 0
     assert any("__" in name for name in streamed)
     assert any(name.endswith("_desc.txt") for name in streamed)
-    assert all(json.loads(expected[f"{t}_results.json"]) for t in TARGETS)
+    outlier_crops = [
+        r["path"]
+        for r in json.loads((tmp_path / "stream" / "detection_results.json").read_text())
+        if r["is_outlier"]
+    ]
+    assert all(p.startswith(str(tmp_path / "stream" / "outliers")) for p in outlier_crops)
 
 
 def test_streaming_export_leaves_no_results_file_when_a_shard_fails(tmp_path):
@@ -230,23 +267,67 @@ def test_streaming_export_leaves_no_results_file_when_a_shard_fails(tmp_path):
     detection_paths[-1].write_bytes(b"not parquet")
     with pytest.raises(pa.ArrowInvalid):
         streaming_export(detection_paths, paths, tmp_path / "out")
-    assert not (tmp_path / "out" / "detection_results.json").exists()
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    for name in ["detection_results.json", "statistics.json", *map(target_results_name, TARGETS)]:
+        assert not (tmp_path / "out" / name).exists()
+    assert not list((tmp_path / "out").rglob("*.tmp"))
 
 
 def test_object_tables_keep_only_the_columns_the_export_reads(tmp_path):
     _, paths = write_inputs(tmp_path / "in", n_shards=2)
-    tables = export.read_object_tables(
+    tables = rows.read_object_tables(
         paths["outliers"], paths["selection"], [paths["captions"]], paths["concepts"]
     )
     assert tables["outliers"].index.name == "object_id"
-    assert list(tables["outliers"].columns) == export.LOOKUP_COLUMNS["outliers"]
+    assert list(tables["outliers"].columns) == rows.LOOKUP_COLUMNS["outliers"]
     assert list(tables["selection"].columns) == ["selected", "reason"]
     assert set(tables) == {"outliers", "selection", "captions", "concepts"}
 
 
 def test_placing_a_link_twice_keeps_the_first_even_when_its_image_is_gone(tmp_path):
     link = tmp_path / "outliers" / "a.jpg"
-    export.place_file(tmp_path / "missing.jpg", link, "symlink")
-    export.place_file(tmp_path / "missing.jpg", link, "symlink")
+    place_file(tmp_path / "missing.jpg", link, "symlink")
+    place_file(tmp_path / "missing.jpg", link, "symlink")
     assert link.is_symlink() and not link.exists()
+
+
+def test_a_writer_after_the_tree_that_reads_records_too_early_is_an_error(tmp_path):
+    detection_paths, paths = write_inputs(tmp_path / "in", n_shards=1)
+    tables = rows.read_object_tables(paths["outliers"])
+
+    class EarlyReader:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write_shard(self, shard: Shard):
+            assert shard.records
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="tree writer must come before"):
+        export_shards(
+            detection_paths,
+            tables,
+            targets=TARGETS,
+            writers=[EarlyReader(), TreeWriter(out, TARGETS, SETTINGS)],
+        )
+
+
+def test_file_names_of_image_stems_that_clash_get_the_image_id_and_keep_their_suffix():
+    frame = pd.DataFrame(
+        {
+            "image_id": ["aaaaaaaa11", "bbbbbbbb22", "cccccccc33"],
+            "image_path": ["/x/same.JPG", "/y/same.jpg", "/z/other.png"],
+            "rank": [0, 3, 1],
+            "class_name": ["traffic_cone", "car/van", "truck"],
+        }
+    )
+    crops, images = rows.file_names(frame)
+    assert crops.tolist() == [
+        "same__aaaaaaaa_0_traffic_cone",
+        "same__bbbbbbbb_3_car_van-4935b3db",
+        "other_1_truck",
+    ]
+    # the image's own name, whatever the class (a class with "_" once cut it short)
+    assert images.tolist() == ["same__aaaaaaaa.jpg", "same__bbbbbbbb.jpg", "other.png"]

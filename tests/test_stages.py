@@ -16,7 +16,8 @@ from tests.conftest import CACHE
 
 offline.configure(CACHE / "libs")
 
-from rare_objects import export  # noqa: E402
+from rare_objects.export import json_writers, rows, tree  # noqa: E402
+from rare_objects.export.statistics import ObjectCounts  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.report import timing  # noqa: E402
 from rare_objects.runtime import models  # noqa: E402
@@ -319,19 +320,19 @@ def test_statistics_and_json_fields(tmp_path):
             "is_outlier": [True, False],
         }
     )
-    assembled = export.assemble(frame, outliers, {"trailer": ["truck"]})
-    records = list(export.result_records(assembled, {}))
+    assembled = rows.assemble(frame, outliers, {"trailer": ["truck"]})
+    records = list(rows.result_records(assembled, {}))
     assert [r["outlier_code"] for r in records] == [1, 0]
     assert records[0]["target_matches"] == ["trailer"] and records[0]["is_yolo_potential"] is True
-    assert list(records[0])[:13] == export.RESULT_FIELDS
-    count = export.write_json_array(iter(records), tmp_path / "r.json")
+    assert list(records[0])[:13] == rows.RESULT_FIELDS
+    with json_writers.JsonArrayWriter(tmp_path / "r.json") as writer:
+        for record in records:
+            writer.write(record)
+    count = writer.count
     assert count == 2 and json.loads((tmp_path / "r.json").read_text()) == records
-    stats = export.statistics(
-        assembled,
-        pd.DataFrame({"n_objects": [2, 0]}),
-        pd.DataFrame({"reason": ["truncated: x"]}),
-        {"trailer": []},
-    )
+    counts = ObjectCounts()
+    counts.add(assembled)
+    stats = counts.statistics(2, 1, pd.DataFrame({"reason": ["truncated: x"]}), {"trailer": []})
     assert stats["total_objects"] == 2 and stats["outlier_count"] == 1
     assert stats["target_counts"] == {"trailer": 1}
     assert stats["rejected_by_reason"] == {"truncated": 1}
@@ -345,13 +346,13 @@ def test_per_object_files_follow_the_original_defaults():
         "save_probability_plots": True,
         "cleanup_temp_crops": True,
     }
-    assert export.per_object_file_switches(on, max_images=100)["save_crops"] is True
-    assert not any(export.per_object_file_switches(on, max_images=None).values())
+    assert tree.per_object_file_switches(on, max_images=100)["save_crops"] is True
+    assert not any(tree.per_object_file_switches(on, max_images=None).values())
     assert not any(
-        export.per_object_file_switches({**on, "minimal_io": True}, max_images=100).values()
+        tree.per_object_file_switches({**on, "minimal_io": True}, max_images=100).values()
     )
     assert (
-        export.per_object_file_switches({**on, "cleanup_temp_crops": False}, 5)[
+        tree.per_object_file_switches({**on, "cleanup_temp_crops": False}, 5)[
             "keep_cropped_objects"
         ]
         is True

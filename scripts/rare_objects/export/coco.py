@@ -13,19 +13,25 @@ shard's assembled frame and detection_results records and writes, as it goes,
   (COCO ids start at 1): its whole vocabulary when given (the workflow reads it
   from the weights), else every class that occurs in the run's detections.
 
-Images go to the final file as they come; annotations go to a temporary file
-beside it that is appended when the pass ends, so neither is held in memory.
+Images go to the file as they come; annotations go to an unnamed scratch file
+beside it that is appended when the pass ends, so neither is held in memory. The
+file appears (:func:`rare_objects.io.atomic.atomic_path`) only when the pass ends
+without error.
 What grows with the run is one dict entry per exported image (its COCO id).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from rare_objects.io import atomic
 
 OBJECT_SETS = ("selected", "outliers", "final_outliers", "targets", "all")
 
@@ -105,8 +111,7 @@ class CocoWriter:
             "objects": list(self.objects),
             **(info or {}),
         }
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._annotations_tmp = self.path.with_name(self.path.name + ".annotations.tmp")
+        self._stack = contextlib.ExitStack()
         self._main = self._annotations = None
         self._image_ids: dict[str, int] = {}
         # The detector's whole vocabulary (index -> name) when known, so that the
@@ -121,9 +126,12 @@ class CocoWriter:
         return len(self._image_ids)
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._main = open(self._tmp, "w", encoding="utf-8")
-        self._annotations = open(self._annotations_tmp, "w", encoding="utf-8")
+        tmp = self._stack.enter_context(atomic.atomic_path(self.path))
+        self._main = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        # Scratch space for the annotations, unnamed: it goes when closed, whatever happens.
+        self._annotations = self._stack.enter_context(
+            tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.path.parent)
+        )
         self._main.write(
             '{"info": '
             + json.dumps(self.info, ensure_ascii=False)
@@ -142,10 +150,11 @@ class CocoWriter:
                     f"detector class {int(class_id)} is named both {known!r} and {name!r} in the detections"
                 )
 
-    def write_shard(self, frame: pd.DataFrame, records: list[dict]) -> None:
+    def write_shard(self, shard) -> None:
+        frame = shard.frame
         self._add_categories(frame)
         columns = zip(
-            records,
+            shard.records,
             frame["image_id"],
             frame["class_id"],
             frame["image_width"],
@@ -183,27 +192,17 @@ class CocoWriter:
             self._annotations.write(json.dumps(annotation, ensure_ascii=False))
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self._annotations.close()
-                self._main.write("\n],\n" if self._image_ids else "],\n")
-                self._main.write('"annotations": [')
-                with open(self._annotations_tmp, encoding="utf-8") as annotations:
-                    shutil.copyfileobj(annotations, self._main, 1 << 20)
-                self._main.write("\n],\n" if self.n_annotations else "],\n")
-                categories = [
-                    {"id": i, "name": self._categories[i], "supercategory": "object"}
-                    for i in sorted(self._categories)
-                ]
-                self._main.write(
-                    '"categories": ' + json.dumps(categories, ensure_ascii=False) + "\n}\n"
-                )
-                self._main.close()
-                os.replace(self._tmp, self.path)
-        finally:
-            for handle in (self._main, self._annotations):
-                if handle is not None and not handle.closed:
-                    handle.close()
-            self._annotations_tmp.unlink(missing_ok=True)
-            self._tmp.unlink(missing_ok=True)
-        return False
+        if exc_type is None:
+            self._main.write("\n],\n" if self._image_ids else "],\n")
+            self._main.write('"annotations": [')
+            self._annotations.seek(0)
+            shutil.copyfileobj(self._annotations, self._main, 1 << 20)
+            self._main.write("\n],\n" if self.n_annotations else "],\n")
+            categories = [
+                {"id": i, "name": self._categories[i], "supercategory": "object"}
+                for i in sorted(self._categories)
+            ]
+            self._main.write(
+                '"categories": ' + json.dumps(categories, ensure_ascii=False) + "\n}\n"
+            )
+        return self._stack.__exit__(exc_type, exc, tb)

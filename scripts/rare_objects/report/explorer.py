@@ -53,7 +53,7 @@ def explorer_frame(
     targets: dict[str, list[str]],
 ) -> pd.DataFrame:
     """One row per point of the map with everything the page shows, in the projection's order."""
-    from rare_objects.export import target_matches
+    from rare_objects.stages.targets import target_matches
 
     frame = projection.reset_index(drop=True)
     ids = frame["object_id"]

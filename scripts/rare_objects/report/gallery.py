@@ -16,7 +16,7 @@ only the chosen objects' detection rows and originals are read.
 folder) to its group and its report labels (class, confidence, scores,
 caption, top concept, ...), which the workflow's ``report()`` flags read.
 Group names come from data and are made safe for paths with
-:func:`rare_objects.report.shown_objects.safe_name`.
+:func:`rare_objects.io.names.safe_name`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rare_objects.io.images import encode_jpeg
+from rare_objects.io.names import safe_name
 from rare_objects.report.projection import anomaly_score
-from rare_objects.report.shown_objects import iter_crops, object_rows, safe_name
+from rare_objects.report.shown_objects import iter_crops, object_rows
 
 log = logging.getLogger("rare_objects.report.gallery")
 

@@ -157,7 +157,7 @@ def project(
     ``concepts`` the concept table (final outliers), ``settings`` the
     ``projection`` section of the configuration.
     """
-    from rare_objects.export import target_matches
+    from rare_objects.stages.targets import target_matches
 
     final = pd.Series(False, index=outliers["object_id"].to_numpy())
     if concepts is not None and len(concepts):

@@ -1,5 +1,5 @@
-"""What the report's galleries and the explorer share: names from data made safe
-for paths, the rows of a few chosen objects, and their crops cut from the originals.
+"""What the report's galleries and the explorer share: the rows of a few chosen objects
+and their crops cut from the originals.
 
 Both show a capped number of objects of a run that may hold tens of millions:
 :func:`object_rows` streams the detection shards and keeps only the chosen
@@ -9,9 +9,7 @@ chosen objects (crops are rows until something shows them).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -19,24 +17,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 log = logging.getLogger("rare_objects.report.shown_objects")
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(value, max_len: int = 48) -> str:
-    """A file or folder name made from a data value (a class, concept or target name).
-
-    Only ``A-Z a-z 0-9 . _ -`` are kept (runs of anything else become ``_``), no
-    leading dot, at most ``max_len`` characters, and never ``.``/``..``/empty.
-    A name that had to change gets an 8-hex hash of the original value, so
-    ``car/van`` and ``car_van`` stay apart; a name already safe stays as it is.
-    """
-    text = str(value)
-    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:max_len] or "_"
-    if cleaned == text:
-        return cleaned
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
-    return f"{cleaned}-{digest}"
 
 
 def object_rows(

@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from rare_objects.export import target_matches
 from rare_objects.stages.diversity import DIVERSITY_ANN, diversity_filter
 from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX
+from rare_objects.stages.targets import target_matches
 
 
 def caption_partition(object_ids: pd.Series, partitions: int) -> np.ndarray:

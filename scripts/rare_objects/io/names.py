@@ -1,0 +1,65 @@
+"""File and folder names made from data: the one function every such name goes through.
+
+Detector class names, target names, concept names and image file stems come from data
+or from a user's configuration; any of them may hold ``/``, ``..``, ``:``, a name Windows
+reserves (``CON``, ``NUL``, ...), nothing at all, or hundreds of characters.
+:func:`safe_name` turns each into a name that is valid on every common file system,
+stays inside the folder it is joined to, and is bounded in length. A name that is
+already safe is kept as it is, so that the usual names (``truck``,
+``construction_vehicle``, ``scene_0001``) read the same on disk as in the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# What a safe name is made of (runs of anything else become "_").
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+# Device names that Windows refuses as a file name, with or without an extension.
+WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{i}" for i in range(1, 10)}
+    | {f"LPT{i}" for i in range(1, 10)}
+)
+
+DIGEST_CHARS = 8
+# A file name of most file systems holds at most 255 bytes; safe names are ASCII.
+FILE_NAME_LIMIT = 255
+
+
+def is_safe(text: str, max_len: int = 48) -> bool:
+    """Whether ``text`` is usable as a file name as it is (see :func:`safe_name`)."""
+    return (
+        0 < len(text) <= max_len
+        and _UNSAFE.search(text) is None
+        and not text.startswith(".")
+        and not text.endswith(".")
+        and text.split(".")[0].upper() not in WINDOWS_RESERVED
+    )
+
+
+def safe_name(value, max_len: int = 48) -> str:
+    """A file or folder name made from a data value (a class, concept, target name, image stem).
+
+    A safe name (only ``A-Z a-z 0-9 . _ + -``, no leading or trailing dot, not a
+    name Windows reserves, 1 to ``max_len`` characters) is returned as it is.
+    Any other gets its unsafe runs replaced by ``_``, leading dots removed, is cut
+    to ``max_len`` characters (``_`` when nothing is left; ``_`` before a reserved
+    name followed by a dot, as ``NUL.txt``), and gets ``-`` and
+    8 hex digits of the SHA-1 of the original value appended: ``car/van`` ->
+    ``car_van-4935b3db``, ``../../x`` -> ``_.._x-9bdbf20b``, ``CON`` -> ``CON-...``.
+    So the result is never empty, ``.`` or ``..``, holds no path separator, is at
+    most ``max_len + 9`` ASCII characters, and two different values give two
+    different names (``car/van`` and ``car_van`` stay apart) except for a hash
+    collision or a safe value that spells another value's hashed form.
+    """
+    text = str(value)
+    if is_safe(text, max_len):
+        return text
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:max_len] or "_"
+    if cleaned.split(".")[0].upper() in WINDOWS_RESERVED:  # NUL.txt: reserved whatever follows
+        cleaned = "_" + cleaned[: max_len - 1]
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
+    return f"{cleaned}-{digest}"
