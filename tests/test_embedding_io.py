@@ -1,12 +1,43 @@
 """Streaming gather of the embedding shards = the in-memory reference; error rows skipped."""
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rare_objects.io import schemas
-from rare_objects.io.embeddings import read_embedding_matrix, read_embedding_matrix_in_memory
+from rare_objects.io.embeddings import EMBEDDING, ERROR, _as_paths, read_embedding_matrix
+
+
+def read_embedding_matrix_in_memory(
+    paths,
+    columns=("object_id",),
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The reference the streaming reader is compared with: whole tables, ``np.stack``."""
+    paths = _as_paths(paths)
+    columns = list(columns)
+    frames, blocks = [], []
+    for path in paths:
+        table = pq.read_table(path)
+        embedding = table.column(EMBEDDING).to_pylist()
+        error = (
+            table.column(ERROR).to_pylist()
+            if ERROR in table.schema.names
+            else [None] * len(embedding)
+        )
+        keep = [e is not None and err is None for e, err in zip(embedding, error)]
+        frames.append(table.select(columns).to_pandas()[keep])
+        vectors = [np.asarray(e, dtype=np.float32) for e, k in zip(embedding, keep) if k]
+        if vectors:
+            blocks.append(np.stack(vectors))
+    dim = None
+    if paths:
+        dim = pq.read_schema(paths[0]).field(EMBEDDING).type.list_size
+    X = np.concatenate(blocks) if blocks else np.empty((0, dim or 0), dtype=np.float32)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return frame.reset_index(drop=True), np.ascontiguousarray(X, dtype=np.float32)
+
 
 DIM = 12
 

@@ -6,7 +6,10 @@ import re
 
 import pytest
 
-from rare_objects.io.names import FILE_NAME_LIMIT, WINDOWS_RESERVED, is_safe, safe_name
+from rare_objects.io.names import WINDOWS_RESERVED, is_safe, safe_name
+
+# A file name of most file systems holds at most 255 bytes; safe names are ASCII.
+FILE_NAME_LIMIT = 255
 
 HOSTILE = [
     "car/van",

@@ -13,8 +13,9 @@ import os
 
 import pytest
 
-from rare_objects.io.names import FILE_NAME_LIMIT, safe_name
+from rare_objects.io.names import safe_name
 from tests.conftest import run_snakemake, workflow_config
+from tests.test_names import FILE_NAME_LIMIT
 
 pytestmark = pytest.mark.workflow
 

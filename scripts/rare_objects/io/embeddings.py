@@ -144,32 +144,3 @@ def read_embedding_matrix(
     else:
         frame = pd.DataFrame(index=pd.RangeIndex(filled))
     return frame.reset_index(drop=True), X
-
-
-def read_embedding_matrix_in_memory(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    columns: Sequence[str] = ("object_id",),
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Reference implementation (whole tables, ``np.stack``): for tests only."""
-    paths = _as_paths(paths)
-    columns = list(columns)
-    frames, blocks = [], []
-    for path in paths:
-        table = pq.read_table(path)
-        embedding = table.column(EMBEDDING).to_pylist()
-        error = (
-            table.column(ERROR).to_pylist()
-            if ERROR in table.schema.names
-            else [None] * len(embedding)
-        )
-        keep = [e is not None and err is None for e, err in zip(embedding, error)]
-        frames.append(table.select(columns).to_pandas()[keep])
-        vectors = [np.asarray(e, dtype=np.float32) for e, k in zip(embedding, keep) if k]
-        if vectors:
-            blocks.append(np.stack(vectors))
-    dim = None
-    if paths:
-        dim = pq.read_schema(paths[0]).field(EMBEDDING).type.list_size
-    X = np.concatenate(blocks) if blocks else np.empty((0, dim or 0), dtype=np.float32)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return frame.reset_index(drop=True), np.ascontiguousarray(X, dtype=np.float32)

@@ -25,8 +25,6 @@ WINDOWS_RESERVED = frozenset(
 )
 
 DIGEST_CHARS = 8
-# A file name of most file systems holds at most 255 bytes; safe names are ASCII.
-FILE_NAME_LIMIT = 255
 
 
 def is_safe(text: str, max_len: int = 48) -> bool:
