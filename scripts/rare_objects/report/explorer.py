@@ -41,7 +41,7 @@ DETECTION_COLUMNS = [
     "x2",
     "y2",
 ]
-SCORE_COLUMNS = ["object_id", "global_score", "class_score", "outlier_code"]
+SCORE_COLUMNS = ["object_id", "score_global", "score_class", "outlier_code"]
 
 
 def explorer_frame(
@@ -162,7 +162,7 @@ _TOOLTIP = """
 <div style="max-width:300px;font-size:12px;overflow-wrap:anywhere">
   <div style="width:@thumb_w{0}px;height:@thumb_h{0}px;background-image:url('@sprite_url');background-position:@sprite_pos;border:1px solid #888"></div>
   <div><b>@class_name</b> &middot; @flag &middot; confidence @confidence{0.00}</div>
-  <div>LOF global @global_score{0.000}, class @class_score{0.000}, code @outlier_code</div>
+  <div>anomaly score global @score_global{0.000}, class @score_class{0.000}, code @outlier_code</div>
   <div>top concept: @top_concept</div>
   <div style="white-space:normal">caption: @caption</div>
   <div style="white-space:normal;color:#555">@image_path</div>
@@ -184,7 +184,7 @@ const cell = `width:${d.thumb_w[i] * 2}px;height:${d.thumb_h[i] * 2}px;` +
 details.text = `<div class="explorer-details" data-object-id="${esc(d.object_id[i])}">` +
     (d.sprite_url[i] ? `<div class="explorer-crop" style="${cell}"></div>` : '<div>(no crop)</div>') +
     `<p><b>${esc(d.class_name[i])}</b> (${esc(d.flag[i])}), confidence ${num(d.confidence[i], 3)}</p>` +
-    `<p>LOF score global ${num(d.global_score[i], 3)}, class ${num(d.class_score[i], 3)}, outlier code ${esc(d.outlier_code[i])}</p>` +
+    `<p>anomaly score (higher = more anomalous) global ${num(d.score_global[i], 3)}, class ${num(d.score_class[i], 3)}, outlier code ${esc(d.outlier_code[i])}</p>` +
     `<p>top concept: ${esc(d.top_concept[i])}</p>` +
     `<p>targets: ${esc(d.target_matches[i])}</p>` +
     `<p class="explorer-caption">caption: ${esc(d.caption[i])}</p>` +
@@ -258,7 +258,7 @@ def write_explorer(
     data["top_concept"] = data["top_concept"].fillna(NO_CONCEPT).astype(str)
     for name in ("caption", "image_path", "target_matches"):
         data[name] = data[name].fillna("").astype(str)
-    for name in ("confidence", "global_score", "class_score", "x", "y"):
+    for name in ("confidence", "score_global", "score_class", "x", "y"):
         data[name] = data[name].astype(np.float64)
     data["outlier_code"] = data["outlier_code"].fillna(0).astype(np.int64)
     data = data.join(sprites)
@@ -276,8 +276,8 @@ def write_explorer(
         "flag",
         "top_concept",
         "confidence",
-        "global_score",
-        "class_score",
+        "score_global",
+        "score_class",
         "outlier_code",
         "caption",
         "image_path",

@@ -49,15 +49,13 @@ ITEM_COLUMNS = [
     "object_id",
     "score",
     "class_name",
-    "global_score",
-    "class_score",
+    "score_global",
+    "score_class",
     "outlier_code",
 ]
 OUTLIER_COLUMNS = [
     "object_id",
     "class_name",
-    "global_score",
-    "class_score",
     "score_global",
     "score_class",
     "outlier_code",
@@ -84,7 +82,7 @@ def choose_items(
     batch_size: int = 500_000,
 ) -> pd.DataFrame:
     """The gallery items: ``gallery``, ``group``, ``object_id``, ``score``, ``rank`` (0 = most anomalous)
-    and the object's class and LOF results.
+    and the object's class and outlier scores (higher = more anomalous).
 
     Streams the outlier table(s) ``batch_size`` rows at a time; memory is one
     batch plus the items kept so far.
@@ -207,8 +205,8 @@ def write_galleries(
                 "confidence": _label_number(
                     detail["confidence"] if detail is not None else None, 3
                 ),
-                "global score": _label_number(item.global_score, 3),
-                "class score": _label_number(item.class_score, 3),
+                "global score": _label_number(item.score_global, 3),
+                "class score": _label_number(item.score_class, 3),
                 "outlier code": str(int(item.outlier_code)),
                 "caption": _label_text(caption.get(item.object_id)),
                 "top concept": _label_text(concept.get(item.object_id)),
