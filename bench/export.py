@@ -56,6 +56,7 @@ def _generate(root: str, n: int, seed: int) -> int:
     import pandas as pd
     import pyarrow as pa
 
+    from rare_objects.demo.synthetic_nuscenes import CAMERAS
     from rare_objects.io import schemas
 
     rng = np.random.default_rng(seed)
@@ -66,16 +67,7 @@ def _generate(root: str, n: int, seed: int) -> int:
     image_of = np.repeat(np.arange(len(per_image)), per_image)
     rank = np.concatenate([np.arange(k) for k in per_image]).astype(np.int16)
     image_id = np.char.add("img", np.char.zfill(image_of.astype(str), 9))
-    cameras = np.array(
-        [
-            "CAM_FRONT",
-            "CAM_FRONT_LEFT",
-            "CAM_FRONT_RIGHT",
-            "CAM_BACK",
-            "CAM_BACK_LEFT",
-            "CAM_BACK_RIGHT",
-        ]
-    )
+    cameras = np.array(CAMERAS)
     camera = cameras[image_of % 6]
     folder = np.char.add("/data/nuscenes/samples/", camera)
     image_path = np.char.add(folder, np.char.add("/n015-2018__", np.char.add(image_id, ".jpg")))

@@ -13,6 +13,7 @@ from PIL import Image
 from rare_objects.io import sources
 from rare_objects.runtime import offline
 from tests.conftest import CACHE
+from tests.test_workflow import RESULT_FIELDS
 
 offline.configure(CACHE / "libs")
 
@@ -324,7 +325,7 @@ def test_statistics_and_json_fields(tmp_path):
     records = list(rows.result_records(assembled, {}))
     assert [r["outlier_code"] for r in records] == [1, 0]
     assert records[0]["target_matches"] == ["trailer"] and records[0]["is_yolo_potential"] is True
-    assert list(records[0])[:13] == rows.RESULT_FIELDS
+    assert list(records[0])[:13] == RESULT_FIELDS
     with json_writers.JsonArrayWriter(tmp_path / "r.json") as writer:
         for record in records:
             writer.write(record)

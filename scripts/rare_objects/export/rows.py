@@ -21,22 +21,8 @@ import pandas as pd
 from rare_objects.io.names import safe_name
 from rare_objects.stages.targets import target_matches
 
-# Fields of the original's detection_results.json, in its order, then ours.
-RESULT_FIELDS = [
-    "path",
-    "original_path",
-    "sample_token",
-    "class_name",
-    "confidence",
-    "bbox",
-    "is_outlier",
-    "outlier_code",
-    "top_concept",
-    "is_final_outlier",
-    "is_yolo_potential",
-    "target_matches",
-    "description",
-]
+# Fields of ours that follow the original's in each detection_results.json record (the
+# original's fields and their order: tests/test_workflow.py RESULT_FIELDS).
 EXTRA_FIELDS = [
     "object_id",
     "camera",

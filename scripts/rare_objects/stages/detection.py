@@ -56,6 +56,18 @@ class DetectSettings:
             half=device.startswith("cuda"),
         )
 
+    def predict_options(self) -> dict:
+        """The keyword arguments of ultralytics' ``predict`` for these settings."""
+        return {
+            "imgsz": self.imgsz,
+            "conf": self.conf,
+            "iou": self.iou,
+            "max_det": self.max_det,
+            "device": self.device,
+            "half": self.half,
+            "verbose": False,
+        }
+
 
 def top_objects(scores: np.ndarray, max_objects: int) -> np.ndarray:
     """Indices of the ``max_objects`` best boxes by score; ties keep the model's order."""
@@ -127,16 +139,7 @@ class BatchedDetector:
         self.settings = settings
         # The predictor (ultralytics' AutoBackend: device, fusing, half precision) is set
         # up by one predict call.
-        model.predict(
-            np.zeros((32, 32, 3), dtype=np.uint8),
-            imgsz=settings.imgsz,
-            conf=settings.conf,
-            iou=settings.iou,
-            max_det=settings.max_det,
-            device=settings.device,
-            half=settings.half,
-            verbose=False,
-        )
+        model.predict(np.zeros((32, 32, 3), dtype=np.uint8), **settings.predict_options())
         self.backend = model.predictor.model
         self.device = model.predictor.device
         self.imgsz = model.predictor.imgsz
@@ -229,14 +232,7 @@ def detect_images(
             found = [
                 result.boxes.data
                 for result in model.predict(
-                    [item[2] for item in pending],
-                    imgsz=settings.imgsz,
-                    conf=settings.conf,
-                    iou=settings.iou,
-                    max_det=settings.max_det,
-                    device=settings.device,
-                    half=settings.half,
-                    verbose=False,
+                    [item[2] for item in pending], **settings.predict_options()
                 )
             ]
         for (record, size, _, scale), boxes in zip(pending, found):
