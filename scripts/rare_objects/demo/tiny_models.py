@@ -43,7 +43,6 @@ DEMO_CLIP_NAME = "RareTiny-ViT"
 DETECTOR_DEPTH = 0.33
 DETECTOR_WIDTH = 0.125
 DETECTOR_METRICS_NAME = "detector_metrics.json"
-CLIP_METRICS_NAME = "clip_metrics.json"
 
 
 def default_threads() -> int:
@@ -191,79 +190,6 @@ def build_demo_detector(
     return out_path
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ix = np.clip(
-        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
-    )
-    iy = np.clip(
-        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def detection_recall(
-    model_path: str | os.PathLike,
-    images_root: str | os.PathLike,
-    ground_truth,
-    conf: float = 0.25,
-    iou: float = 0.5,
-    imgsz: int | None = None,
-) -> dict:
-    """Recall of a YOLO model on demo scenes with ground truth (a :func:`generate_scenes` table).
-
-    A ground-truth object counts as found when a detection overlaps it with IoU >= ``iou``
-    (``recall_any_class``) and, for ``recall``, also has its class. Greedy one-to-one
-    matching per image. Returns the figures and the counts behind them.
-    """
-    from ultralytics import YOLO
-
-    model = YOLO(str(model_path))
-    names = model.names
-    found = found_any = total = n_det = 0
-    planted_found = planted_total = 0
-    kwargs = {"conf": conf, "verbose": False, "device": "cpu"}
-    if imgsz:
-        kwargs["imgsz"] = imgsz
-    for rel, objs in ground_truth.groupby("image_path", sort=True):
-        result = model.predict(str(Path(images_root) / rel), **kwargs)[0]
-        boxes = result.boxes.xyxy.cpu().numpy().reshape(-1, 4)
-        classes = [names[int(c)] for c in result.boxes.cls.cpu().numpy()]
-        n_det += len(boxes)
-        gt_boxes = objs[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
-        ious = _iou_matrix(gt_boxes, boxes) if len(boxes) else np.zeros((len(gt_boxes), 0))
-        for require_class in (True, False):
-            used: set[int] = set()
-            for i, (cls, planted) in enumerate(zip(objs["class_name"], objs["planted"])):
-                order = np.argsort(-ious[i]) if ious.shape[1] else []
-                for j in order:
-                    if ious[i, j] < iou:
-                        break
-                    if j in used or (require_class and classes[j] != cls):
-                        continue
-                    used.add(int(j))
-                    if require_class:
-                        found += 1
-                        planted_found += bool(planted)
-                    else:
-                        found_any += 1
-                    break
-        total += len(objs)
-        planted_total += int(objs["planted"].sum())
-    return {
-        "recall": found / max(total, 1),
-        "recall_any_class": found_any / max(total, 1),
-        "planted_recall": planted_found / planted_total if planted_total else None,
-        "n_objects": total,
-        "n_found": found,
-        "n_planted": planted_total,
-        "n_planted_found": planted_found,
-        "n_detections": n_det,
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # CLIP
 # --------------------------------------------------------------------------------------------
@@ -275,11 +201,6 @@ def _open_clip():
     if str(MODEL_CONFIG_DIR) not in [str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS]:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     return open_clip
-
-
-def register_model_configs():
-    """Make :data:`DEMO_CLIP_NAME` known to open_clip; returns the open_clip module."""
-    return _open_clip()
 
 
 def _clip_training_crops(seed: int, n_scenes: int, size: tuple[int, int], jitters: int):
