@@ -122,9 +122,10 @@ def write_sprites(
         nonlocal sheet, sheet_no, cell
         if sheet is not None and cell:
             rows_used = math.ceil(cell / per_row)
-            sheet.crop((0, 0, sheet.width, rows_used * size)).save(
-                out_dir / f"sheet-{sheet_no:04d}.jpg", quality=quality
-            )
+            with atomic.atomic_path(out_dir / f"sheet-{sheet_no:04d}.jpg") as tmp:
+                sheet.crop((0, 0, sheet.width, rows_used * size)).save(
+                    tmp, format="JPEG", quality=quality
+                )
             sheet_no += 1
         sheet, cell = None, 0
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from rare_objects.io import atomic
 from rare_objects.io.images import encode_jpeg
 from rare_objects.io.names import safe_name
 from rare_objects.report.projection import anomaly_score
@@ -228,13 +229,11 @@ def write_galleries(
             continue
         data = encode_jpeg(crop, quality=85)
         for path in places[object_id]:
-            path.write_bytes(data)
+            atomic.write_bytes(path, data)
             written += 1
     # Only crops that exist are indexed, so the report lists no missing file.
     index = {k: v for k, v in index.items() if (out_dirs[v["gallery"]].parent / k).exists()}
-    Path(index_path).write_text(
-        json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    atomic.write_text(index_path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
     log.info("%d gallery crops written (%d objects)", written, len(places))
     return index
 
