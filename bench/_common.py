@@ -147,3 +147,28 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, dtype=bool)
     union = np.count_nonzero(a | b)
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def run_snakemake(workdir: Path, config: Path, *args: str) -> str:
+    """Run the repository's workflow in ``workdir`` with ``config`` on 2 cores; its stdout.
+
+    A failed run ends the bench with the end of snakemake's output.
+    """
+    import subprocess
+
+    command = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+    return result.stdout

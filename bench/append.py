@@ -12,7 +12,6 @@ detect and embed work (the baseline is the full set of jobs for the same data).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,29 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import run_snakemake  # noqa: E402
 from dag import REPO, jobs, write_config  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 from rare_objects.demo.synthetic_nuscenes import write_dataroot  # noqa: E402
-
-
-def snakemake(workdir: Path, config: Path, *args: str) -> str:
-    command = [
-        str(Path(sys.executable).with_name("snakemake")),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
-    return result.stdout
 
 
 def main() -> None:
@@ -62,7 +43,7 @@ def main() -> None:
             sweeps_per_keyframe=0,
         )
         config = write_config(workdir, dataroot)
-        before = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
+        before = run_snakemake(workdir, config, "--dry-run", "--quiet", "rules")
         full_detect, full_embed = jobs(before, "detect"), jobs(before, "embed")
         tables = workdir / "results" / "tables"
         for kind in ("detections", "images", "rejects", "embeddings"):
@@ -77,9 +58,9 @@ def main() -> None:
             for rule in ("detect", "embed"):  # benchmark files are outputs too
                 (benchmarks / rule / f"{shard}.tsv").touch()
         start = time.perf_counter()
-        snakemake(workdir, config, "--touch", "--until", "embed", "--quiet", "all")
+        run_snakemake(workdir, config, "--touch", "--until", "embed", "--quiet", "all")
         touched = time.perf_counter() - start
-        done = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
+        done = run_snakemake(workdir, config, "--dry-run", "--quiet", "rules")
         write_dataroot(
             dataroot,
             version="v1.0-trainval",
@@ -88,7 +69,7 @@ def main() -> None:
             sweeps_per_keyframe=0,
             append=True,
         )
-        after = snakemake(workdir, config, "--dry-run", "--quiet", "rules")
+        after = run_snakemake(workdir, config, "--dry-run", "--quiet", "rules")
     new_detect, new_embed = jobs(after, "detect"), jobs(after, "embed")
     images_total = (args.scenes + 1) * args.keyframes * 6
     print(

@@ -11,7 +11,6 @@ cameras).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _common import run_snakemake  # noqa: E402
 
 from rare_objects.demo.synthetic_nuscenes import write_dataroot  # noqa: E402
 
@@ -51,26 +53,9 @@ def write_config(workdir: Path, dataroot: Path) -> Path:
 
 
 def dry_run(workdir: Path, config: Path) -> tuple[float, str]:
-    command = [
-        str(Path(sys.executable).with_name("snakemake")),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--dry-run",
-        "--quiet",
-        "rules",
-        "--cores",
-        "2",
-    ]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
-    return elapsed, result.stdout
+    stdout = run_snakemake(workdir, config, "--dry-run", "--quiet", "rules")
+    return time.perf_counter() - start, stdout
 
 
 def jobs(table: str, rule: str) -> int:
