@@ -28,3 +28,13 @@ def test_configure_points_every_library_cache_into_the_folder(tmp_path, monkeypa
     for var in ("YOLO_CONFIG_DIR", "HF_HOME", "MPLCONFIGDIR", "NUMBA_CACHE_DIR"):
         assert Path(os.environ[var]).is_relative_to(cache), var
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_detector_settings_come_from_the_schema_and_the_precision_rule():
+    from rare_objects.stages.detection import DetectSettings
+
+    section = defaults()["detector"]
+    on_cpu = DetectSettings.from_config(section, "cpu")
+    assert (on_cpu.conf, on_cpu.iou, on_cpu.max_det, on_cpu.max_objects) == (0.25, 0.5, 100, 50)
+    assert on_cpu.max_side == 1280 and not on_cpu.half
+    assert DetectSettings.from_config(section, "cuda:1").half  # fp16 on a GPU, as open_clip

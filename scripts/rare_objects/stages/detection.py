@@ -43,7 +43,12 @@ class DetectSettings:
 
     @classmethod
     def from_config(cls, detector: dict, device: str) -> DetectSettings:
-        """Settings from the config's ``detector`` section; half precision on CUDA."""
+        """Settings from the config's ``detector`` section; half precision where the one
+        precision rule (``runtime.models.resolve_dtype``) gives fp16 (on a GPU)."""
+        import torch
+
+        from rare_objects.runtime.models import resolve_dtype
+
         return cls(
             max_side=detector["max_side"],
             imgsz=detector["imgsz"],
@@ -53,7 +58,7 @@ class DetectSettings:
             max_objects=detector["max_objects"],
             batch_size=detector["batch_size"],
             device=device,
-            half=device.startswith("cuda"),
+            half=resolve_dtype("auto", device, gpu_auto="fp16") == torch.float16,
         )
 
     def predict_options(self) -> dict:
