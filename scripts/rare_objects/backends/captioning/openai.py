@@ -48,6 +48,10 @@ def _retry_after_s(headers) -> float | None:
         return None
 
 
+# Crops handed to the encoder threads at once (see OpenAICaptioner._caption_one).
+ENCODE_CHUNK = 16
+
+
 class _LoopThread:
     """An asyncio event loop in a daemon thread, and the HTTP session that lives in it.
 
@@ -275,20 +279,27 @@ class OpenAICaptioner:
         if asyncio.iscoroutine(waited):
             await waited
 
-    async def _caption_one(self, session, index: int, image, ahead, slots) -> str | Exception:
-        import asyncio
-
-        # Up to ``concurrency`` crops are encoded ahead of their request, in worker threads
-        # (PIL's JPEG encoder releases the GIL): when a request comes back, the next one
-        # goes out at once, and the event loop's thread, which limits the requests per
-        # second, only sends and receives.
-        async with ahead:
+    def _bodies(self, images: list) -> list[bytes | Exception]:
+        """Request bodies of a chunk of crops (in an encoder thread); a crop that fails, its error."""
+        bodies: list[bytes | Exception] = []
+        for image in images:
             try:
-                body = await asyncio.get_running_loop().run_in_executor(
-                    self._encoders, self._body, image
-                )
+                bodies.append(self._body(image))
             except Exception as exc:  # noqa: BLE001
-                return CaptionError(self._redact(f"could not encode the crop: {short_error(exc)}"))
+                bodies.append(exc)
+        return bodies
+
+    async def _caption_one(self, session, index: int, encoded, ahead, slots) -> str | Exception:
+        # Up to 2 x ``concurrency`` crops are encoded ahead of their request, in worker
+        # threads (PIL's JPEG encoder releases the GIL): when a request comes back, the next
+        # one goes out at once, and the event loop's thread, which limits the requests per
+        # second, only sends and receives. ``encoded(index)`` hands crops to the threads
+        # ENCODE_CHUNK at a time: one hand-over per crop (a future, a lock, a wake-up) cost
+        # the loop's thread about as much as the HTTP request itself.
+        async with ahead:
+            body = await encoded(index)
+            if isinstance(body, Exception):
+                return CaptionError(self._redact(f"could not encode the crop: {short_error(body)}"))
             async with slots:
                 return await self._request(session, index, body)
 
@@ -329,10 +340,30 @@ class OpenAICaptioner:
     async def _caption_all(self, session, images: list) -> list[str | Exception]:
         import asyncio
 
+        loop = asyncio.get_running_loop()
+        chunks: dict[int, tuple[asyncio.Future, list[int]]] = {}  # chunk -> (bodies, items left)
+
+        async def encoded(index: int) -> bytes | Exception:
+            number = index // ENCODE_CHUNK
+            if number not in chunks:  # the chunk's first crop to get a place ahead starts it
+                start = number * ENCODE_CHUNK
+                part = images[start : start + ENCODE_CHUNK]
+                chunks[number] = (
+                    loop.run_in_executor(self._encoders, self._bodies, part),
+                    [len(part)],
+                )
+            future, left = chunks[number]
+            try:
+                return (await future)[index % ENCODE_CHUNK]
+            finally:
+                left[0] -= 1
+                if not left[0]:
+                    del chunks[number]  # its bodies are with their requests now
+
         ahead, slots = asyncio.Semaphore(2 * self.concurrency), asyncio.Semaphore(self.concurrency)
         return list(
             await asyncio.gather(
-                *(self._caption_one(session, i, im, ahead, slots) for i, im in enumerate(images))
+                *(self._caption_one(session, i, encoded, ahead, slots) for i in range(len(images)))
             )
         )
 
