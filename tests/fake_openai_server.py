@@ -122,10 +122,12 @@ class FakeOpenAIServer:
             length = int(handler.headers.get("Content-Length", 0))
             payload = json.loads(handler.rfile.read(length))
             auth = handler.headers.get("Authorization")
-            url = None
+            url = text = None
             for part in payload["messages"][0]["content"]:
                 if part.get("type") == "image_url":
                     url = part["image_url"]["url"]
+                elif part.get("type") == "text":
+                    text = part["text"]
             header, b64 = url.split(",", 1)
             assert header.startswith("data:image/"), header
             with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
@@ -139,6 +141,9 @@ class FakeOpenAIServer:
                         "fault": fault,
                         "authorization": auth,
                         "model": payload.get("model"),
+                        "prompt": text,
+                        "max_tokens": payload.get("max_tokens"),
+                        "temperature": payload.get("temperature"),
                         "path": handler.path,
                         "connection": handler.client_address,
                     }

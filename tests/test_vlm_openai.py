@@ -166,6 +166,45 @@ def test_requests_fill_the_concurrency_and_reuse_their_connections(api_key):
         assert not {r["connection"] for r in server.requests[-2:]} & connections
 
 
+@pytest.mark.parametrize("encode_processes", [2, 0])
+def test_bodies_are_built_ahead_and_a_crop_that_cannot_be_encoded_is_recorded(
+    api_key, encode_processes
+):
+    import psutil
+
+    # JSON's special characters and a string like the body template's marker: the prompt
+    # must reach the server exactly as given.
+    prompt = 'Say "what" it is\\ \n \u00e9\u4e2d image-00 \u2028 {"url": "x"}'
+    images = [crop(60 + i, 20 + i) for i in range(40)]
+    images[7] = Image.new("RGB", (0, 5))  # a degenerate box: JPEG cannot write it
+    before = {p.pid for p in psutil.Process().children()}
+    with FakeOpenAIServer() as server:
+        captioner = OpenAICaptioner(
+            server.base_url,
+            "m",
+            api_key_env=KEY_ENV,
+            concurrency=5,
+            encode_processes=encode_processes,
+            prompt=prompt,
+            max_tokens=17,
+        )
+        encoders = [p for p in psutil.Process().children() if p.pid not in before]
+        assert len(encoders) == encode_processes
+        results = captioner.caption(images)
+        assert isinstance(results[7], CaptionError)
+        assert "could not encode the crop: ValueError: cannot write empty image" in str(results[7])
+        others = [r for i, r in enumerate(results) if i != 7]
+        assert others == [f"object {im.width}x{im.height}" for i, im in enumerate(images) if i != 7]
+        assert len(server.requests) == 39  # the crop that failed sent nothing
+        assert {r["prompt"] for r in server.requests} == {prompt}
+        assert {(r["max_tokens"], r["temperature"]) for r in server.requests} == {(17, 0.0)}
+        captioner.close()
+        # close() stops the encoder processes; a later call starts them again
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in encoders)
+        assert captioner.caption(images[:3]) == results[:3]
+        captioner.close()
+
+
 def test_default_concurrency_keeps_a_batching_server_busy():
     from rare_objects.runtime import config
 

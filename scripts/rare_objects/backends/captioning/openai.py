@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from rare_objects.backends.captioning import (
@@ -34,10 +36,44 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _image_data_url(image) -> str:
+def _request_bodies(body_parts: tuple[bytes, bytes], images: list) -> list[bytes | str]:
+    """The request bodies of a chunk of crops; for a crop that cannot be encoded, its error text.
+
+    Runs in an encoder process (or thread). A body is the fixed JSON before the
+    image's data URL, the URL, and the fixed JSON after it: base64 needs no JSON
+    escaping, so only the URL is built per crop. Errors travel back as text, so
+    that an exception that cannot be pickled still reaches the caller.
+    """
+    from rare_objects.backends.captioning import short_error
     from rare_objects.io.images import to_data_url
 
-    return to_data_url(image)
+    before, after = body_parts
+    bodies: list[bytes | str] = []
+    for image in images:
+        try:
+            bodies.append(before + to_data_url(image).encode("ascii") + after)
+        except Exception as exc:  # noqa: BLE001 - recorded for this crop, the others go on
+            bodies.append(short_error(exc))
+    return bodies
+
+
+def _ready() -> bool:
+    return True
+
+
+def _encoder_pool(processes: int) -> Executor:
+    """Where crops are encoded: ``processes`` forked worker processes, or one thread.
+
+    The workers are forked at once, before this captioner starts its event-loop
+    thread, so that no thread of its own is copied mid-work into a child. Fork,
+    not spawn: a spawned child re-runs the parent's main script, which for a
+    Snakemake rule is the rule's whole script.
+    """
+    if processes > 0 and "fork" in multiprocessing.get_all_start_methods():
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(_ready).result()
+        return pool
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="caption-encode")
 
 
 def _retry_after_s(headers) -> float | None:
@@ -48,8 +84,8 @@ def _retry_after_s(headers) -> float | None:
         return None
 
 
-# Crops handed to the encoder threads at once (see OpenAICaptioner._caption_one).
-ENCODE_CHUNK = 16
+# Crops handed to an encoder at once (see OpenAICaptioner._caption_all).
+ENCODE_CHUNK = 32
 
 
 class _LoopThread:
@@ -96,7 +132,10 @@ class OpenAICaptioner:
     event loop (aiohttp), over a pool of as many keep-alive connections, so that
     each request reuses an open connection and a batching server (vLLM's
     ``max_num_seqs``) sees a full batch. Each crop goes as a base64 JPEG data URL
-    in an ``image_url`` content part.
+    in an ``image_url`` content part, encoded ahead of its request by
+    ``encode_processes`` forked worker processes, so that the event loop's
+    thread, whose CPU caps the captions per second, does not take turns with
+    the encoders for the GIL.
 
     Not the official ``openai`` client: against the same local server
     (``bench/captions.py``) its ``AsyncOpenAI`` spent 2.5-4.5 ms of client CPU
@@ -130,6 +169,7 @@ class OpenAICaptioner:
         max_retries: int | None = None,
         backoff_s: float | None = None,
         concurrency: int | None = None,
+        encode_processes: int | None = None,
         max_tokens: int | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
@@ -146,6 +186,7 @@ class OpenAICaptioner:
             max_retries=max_retries,
             backoff_s=backoff_s,
             concurrency=concurrency,
+            encode_processes=encode_processes,
             max_new_tokens=max_tokens,
             prompt=prompt,
         )
@@ -164,12 +205,18 @@ class OpenAICaptioner:
         self.prompt = option["prompt"]
         self.temperature = temperature
         self._sleep = sleep
+        import yarl  # aiohttp's URL type: parsed once here, not once per request
+
+        self._url = yarl.URL(self.url)
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._runner: _LoopThread | None = None
         self._start_lock = threading.Lock()
-        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="caption-encode")
+        self.encode_processes = max(0, int(option["encode_processes"]))
+        self._body_parts = self._body_template()
+        self._encoders: Executor | None = None
+        self._encoders_started()  # now: before any thread of this captioner exists (see _encoder_pool)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICaptioner(url={self.url!r}, model={self.model_name!r}, api_key_env={self.api_key_env!r})"
@@ -194,7 +241,9 @@ class OpenAICaptioner:
             limit=self.concurrency, limit_per_host=self.concurrency, keepalive_timeout=60
         )
         return aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            headers=self._headers,
         )
 
     def _runner_started(self) -> _LoopThread:
@@ -204,17 +253,30 @@ class OpenAICaptioner:
                 weakref.finalize(self, self._runner.close)
             return self._runner
 
+    def _encoders_started(self) -> Executor:
+        with self._start_lock:
+            if self._encoders is None:
+                self._encoders = _encoder_pool(self.encode_processes)
+                weakref.finalize(self, self._encoders.shutdown, wait=False, cancel_futures=True)
+            return self._encoders
+
     def close(self) -> None:
-        """Close the connections and stop the event loop (a later :meth:`caption` starts them again)."""
+        """Close the connections, stop the event loop and the encoders (a later :meth:`caption`
+        starts them again)."""
         with self._start_lock:
             runner, self._runner = self._runner, None
+            encoders, self._encoders = self._encoders, None
         if runner is not None:
             runner.close()
+        if encoders is not None:
+            encoders.shutdown(wait=True, cancel_futures=True)
 
     # -- one request ------------------------------------------------------------------
 
-    def _body(self, image) -> bytes:
-        return json.dumps(
+    def _body_template(self) -> tuple[bytes, bytes]:
+        """The request's JSON before and after the place where each crop's data URL goes."""
+        marker = f"image-{uuid.uuid4().hex}"  # cannot be in the prompt or the model's name
+        before, after = json.dumps(
             {
                 "model": self.model_name,
                 "messages": [
@@ -222,14 +284,15 @@ class OpenAICaptioner:
                         "role": "user",
                         "content": [
                             {"type": "text", "text": self.prompt},
-                            {"type": "image_url", "image_url": {"url": _image_data_url(image)}},
+                            {"type": "image_url", "image_url": {"url": marker}},
                         ],
                     }
                 ],
                 "max_tokens": self.max_tokens,
                 "temperature": self.temperature,
             }
-        ).encode("utf-8")
+        ).split(marker)
+        return before.encode("utf-8"), after.encode("utf-8")
 
     async def _attempt(self, session, body: bytes) -> str:
         import asyncio
@@ -237,7 +300,7 @@ class OpenAICaptioner:
         import aiohttp
 
         try:
-            async with session.post(self.url, data=body, headers=self._headers) as resp:
+            async with session.post(self._url, data=body) as resp:
                 status = resp.status
                 raw = await resp.read()
                 headers = resp.headers
@@ -279,30 +342,6 @@ class OpenAICaptioner:
         if asyncio.iscoroutine(waited):
             await waited
 
-    def _bodies(self, images: list) -> list[bytes | Exception]:
-        """Request bodies of a chunk of crops (in an encoder thread); a crop that fails, its error."""
-        bodies: list[bytes | Exception] = []
-        for image in images:
-            try:
-                bodies.append(self._body(image))
-            except Exception as exc:  # noqa: BLE001
-                bodies.append(exc)
-        return bodies
-
-    async def _caption_one(self, session, index: int, encoded, ahead, slots) -> str | Exception:
-        # Up to 2 x ``concurrency`` crops are encoded ahead of their request, in worker
-        # threads (PIL's JPEG encoder releases the GIL): when a request comes back, the next
-        # one goes out at once, and the event loop's thread, which limits the requests per
-        # second, only sends and receives. ``encoded(index)`` hands crops to the threads
-        # ENCODE_CHUNK at a time: one hand-over per crop (a future, a lock, a wake-up) cost
-        # the loop's thread about as much as the HTTP request itself.
-        async with ahead:
-            body = await encoded(index)
-            if isinstance(body, Exception):
-                return CaptionError(self._redact(f"could not encode the crop: {short_error(body)}"))
-            async with slots:
-                return await self._request(session, index, body)
-
     async def _request(self, session, index: int, body: bytes) -> str | Exception:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
@@ -337,21 +376,39 @@ class OpenAICaptioner:
                 return CaptionError(message)
         raise AssertionError("unreachable")
 
-    async def _caption_all(self, session, images: list) -> list[str | Exception]:
+    async def _caption_all(
+        self, session, encoders: Executor, images: list
+    ) -> list[str | Exception]:
+        # ``concurrency`` worker coroutines take the crops in order, each sending one request
+        # at a time: no task or semaphore per crop (with one task per crop and two semaphores,
+        # their wake-ups cost the event loop's thread, which caps the requests per second, a
+        # fifth of its time). Crops are JPEG-encoded ahead of their requests by the encoder
+        # processes (``encode_processes``), ENCODE_CHUNK crops per hand-over (one hand-over
+        # per crop, a future, a lock and a wake-up, cost the loop's thread about as much as
+        # the HTTP request itself), up to 2 x ``concurrency`` crops ahead, so that when a
+        # request comes back the worker's next one goes out at once.
         import asyncio
 
         loop = asyncio.get_running_loop()
+        results: list[str | Exception | None] = [None] * len(images)
         chunks: dict[int, tuple[asyncio.Future, list[int]]] = {}  # chunk -> (bodies, items left)
+        chunks_ahead = max(1, -(-2 * self.concurrency // ENCODE_CHUNK))
+        next_chunk = 0
 
-        async def encoded(index: int) -> bytes | Exception:
-            number = index // ENCODE_CHUNK
-            if number not in chunks:  # the chunk's first crop to get a place ahead starts it
-                start = number * ENCODE_CHUNK
+        def encode_ahead(upto: int) -> None:
+            nonlocal next_chunk
+            while next_chunk <= upto and next_chunk * ENCODE_CHUNK < len(images):
+                start = next_chunk * ENCODE_CHUNK
                 part = images[start : start + ENCODE_CHUNK]
-                chunks[number] = (
-                    loop.run_in_executor(self._encoders, self._bodies, part),
+                chunks[next_chunk] = (
+                    loop.run_in_executor(encoders, _request_bodies, self._body_parts, part),
                     [len(part)],
                 )
+                next_chunk += 1
+
+        async def body(index: int) -> bytes | str:
+            number = index // ENCODE_CHUNK
+            encode_ahead(number + chunks_ahead)
             future, left = chunks[number]
             try:
                 return (await future)[index % ENCODE_CHUNK]
@@ -360,19 +417,28 @@ class OpenAICaptioner:
                 if not left[0]:
                     del chunks[number]  # its bodies are with their requests now
 
-        ahead, slots = asyncio.Semaphore(2 * self.concurrency), asyncio.Semaphore(self.concurrency)
-        return list(
-            await asyncio.gather(
-                *(self._caption_one(session, i, encoded, ahead, slots) for i in range(len(images)))
-            )
-        )
+        order = iter(range(len(images)))
+
+        async def worker() -> None:
+            for index in order:  # shared: each worker takes the next crop
+                encoded = await body(index)
+                if isinstance(encoded, str):
+                    results[index] = CaptionError(
+                        self._redact(f"could not encode the crop: {encoded}")
+                    )
+                else:
+                    results[index] = await self._request(session, index, encoded)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(images)))))
+        return results
 
     def caption(self, images: Sequence[Any]) -> list[str | Exception]:
         images = list(images)
         if not images:
             return []
+        encoders = self._encoders_started()  # before the event loop's thread (see _encoder_pool)
         runner = self._runner_started()
-        return runner.run(self._caption_all(runner.session, images))
+        return runner.run(self._caption_all(runner.session, encoders, images))
 
 
 def _make(settings: dict, device: str | None) -> OpenAICaptioner:
@@ -385,6 +451,7 @@ def _make(settings: dict, device: str | None) -> OpenAICaptioner:
         max_retries=own["max_retries"],
         backoff_s=own["backoff_s"],
         concurrency=own["concurrency"],
+        encode_processes=own["encode_processes"],
         max_tokens=settings["max_new_tokens"],
         prompt=settings["prompt"],
     )
