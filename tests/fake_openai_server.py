@@ -11,9 +11,9 @@ request succeeds with ``"object {width}x{height}"``. Faults:
     "no_choices"                   200 with JSON lacking "choices"
     "bad_json"                     200, Content-Type application/json, with a body that is not JSON
 
-Everything is recorded in ``requests`` (width, fault, authorization header,
+Everything is recorded in ``requests`` (width, height, fault, authorization header, model, prompt, max_tokens, temperature, path,
 the client's address and port, i.e. which connection carried it) and ``max_in_flight``. Use as a context manager; the server also stops itself
-after ``lifetime_s`` in case a test forgets.
+after ``lifetime_s`` in case a test forgets. ``port`` 0 takes a free port.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ class FakeOpenAIServer:
         hang_s: float = 1.5,
         work_s: float = 0.05,
         lifetime_s: float = 60.0,
+        port: int = 0,
     ):
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         self.hang_s = hang_s
         self.work_s = work_s
         self.lifetime_s = lifetime_s
+        self.port = port
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -69,7 +71,7 @@ class FakeOpenAIServer:
             def do_POST(self):  # noqa: N802
                 server._handle(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -138,6 +140,7 @@ class FakeOpenAIServer:
                 self.requests.append(
                     {
                         "width": width,
+                        "height": height,
                         "fault": fault,
                         "authorization": auth,
                         "model": payload.get("model"),

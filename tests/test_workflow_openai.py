@@ -1,0 +1,94 @@
+"""End to end: the caption rule through the ``openai`` backend, against a local server.
+
+The caption jobs run as Snakemake scripts in their own processes (where the backend
+forks its encoder processes) and talk to a fake OpenAI-compatible server in this
+process. First the server is down: each caption job fails with a message that says
+so, and nothing after the captions runs. Then the server is up and the same command
+finishes: every object sent to the VLM has the server's caption, and the API key is
+in no log.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_snakemake, workflow_config
+from tests.fake_openai_server import FakeOpenAIServer
+
+pytestmark = pytest.mark.workflow
+
+SECRET = "sk-workflow-SECRET-83be1c"
+KEY_ENV = "ROM_TEST_WORKFLOW_OPENAI_KEY"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_caption_jobs_through_an_openai_server_dead_then_alive(
+    tmp_path, demo_scene_dir, demo_models, monkeypatch
+):
+    monkeypatch.setenv(KEY_ENV, SECRET)  # the snakemake child process inherits it
+    port = free_port()
+    workdir = tmp_path / "run"
+    results = workdir / "results"
+    config = workflow_config(
+        results,
+        demo_scene_dir,
+        demo_models,
+        captions={
+            "backend": "openai",
+            "partitions": 2,
+            "max_new_tokens": 12,
+            "vlm_for": ["targets", "outliers"],
+            "openai": {
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "model": "served-vlm",
+                "api_key_env": KEY_ENV,
+                "timeout_s": 5,
+                "max_retries": 1,
+                "backoff_s": 0.05,
+                "concurrency": 8,
+            },
+        },
+    )
+    concepts = results / "tables" / "concepts.parquet"
+
+    # Nobody listens on the port: every caption job fails and says why; no concepts.
+    dead = run_snakemake(workdir, config, str(concepts), "--keep-going", check=False)
+    assert dead.returncode != 0
+    logs = sorted((results / "logs" / "caption").glob("part-*.log"))
+    assert logs, dead.stderr[-3000:]
+    for log in logs:
+        text = log.read_text()
+        assert re.search(r"every VLM caption of partition \d failed", text), text[-2000:]
+        assert "connection error" in text
+    assert not concepts.exists()
+    assert not list((results / "tables" / "captions").glob("part-*.parquet"))
+
+    # The server is up: the same command finishes.
+    with FakeOpenAIServer(port=port, lifetime_s=900) as server:
+        run_snakemake(workdir, config, str(concepts))
+        requests = list(server.requests)
+    captions = pd.concat(
+        pd.read_parquet(p) for p in sorted((results / "tables" / "captions").glob("part-*.parquet"))
+    )
+    vlm = captions[captions["caption_kind"] == "vlm"]
+    assert len(vlm) > 0 and vlm["error"].isna().all()
+    assert (vlm["backend"] == "openai").all() and (vlm["model"] == "served-vlm").all()
+    assert vlm["description"].str.fullmatch(r"object \d+x\d+").all()
+    assert len(requests) == len(vlm)  # one request per object, none retried
+    sent = sorted(f"object {r['width']}x{r['height']}" for r in requests)
+    assert sent == sorted(vlm["description"])
+    assert {r["authorization"] for r in requests} == {f"Bearer {SECRET}"}
+    assert {r["model"] for r in requests} == {"served-vlm"}
+    assert len(pd.read_parquet(concepts)) == len(captions)
+    for path in results.rglob("*"):
+        if path.is_file() and path.suffix in {".log", ".txt", ".json", ".tsv"}:
+            assert SECRET not in path.read_text(errors="replace"), path
