@@ -11,6 +11,5 @@ build_demo_detector(
     snakemake.params.work_dir,
     seed=snakemake.params.seed,
     epochs=snakemake.params.epochs,
-    threads=snakemake.threads,
 )
 log.info("tiny detector written to %s", snakemake.output[0])
