@@ -1,6 +1,9 @@
 # The bundled demo's tiny models, built once from configs and cached as files.
 # A real run points detector.weights / embedder / captions at real weights and
-# never triggers these rules.
+# never triggers these rules. The VLM's `build` param is its build version: bumping
+# it in the package rebuilds a cached model.
+
+from rare_objects.demo.tiny_vlm import VLM_BUILD_VERSION
 
 
 rule build_demo_detector:
@@ -50,6 +53,7 @@ rule build_demo_vlm:
     # One thread: faster than two for a model this small, and the same weights on any machine.
     threads: 1
     params:
+        build=VLM_BUILD_VERSION,
         seed=config["seed"],
         train_steps=config["demo"]["vlm_train_steps"],
     script:

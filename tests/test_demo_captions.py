@@ -92,6 +92,30 @@ def test_trained_vlm_names_the_kind_of_held_out_crops(demo_vlm):
     assert in_grammar >= 0.9
 
 
+def test_trained_vlm_names_the_kind_in_loose_boxes(demo_vlm):
+    """Boxes as the demo detector draws them: a side up to 30 % of the object too far out.
+
+    A captioner trained on tight boxes only called a mascot in a box with road below it
+    "a person in a green shirt".
+    """
+    pairs = list(
+        demo_scenes.object_crops(
+            4321, demo_scenes.STREAM_VLM_HELDOUT, 60, planted_share=0.5, jitter=(0.0, 0.3)
+        )
+    )
+    captions = _captioner(demo_vlm).caption([crop for crop, _ in pairs])
+    right, total = collections.Counter(), collections.Counter()
+    for (_, obj), caption in zip(pairs, captions):
+        group = "planted" if obj.planted else "ordinary"
+        total[group] += 1
+        right[group] += demo_scenes.caption_kind(caption) == obj.kind
+    accuracy = {g: right[g] / total[g] for g in total}
+    print(f"\ntrained tiny Qwen2-VL on {len(pairs)} loose held-out boxes: kind named {accuracy}")
+    assert total["planted"] >= 20
+    assert accuracy["ordinary"] >= 0.85
+    assert accuracy["planted"] >= 0.8
+
+
 def test_trained_vlm_build_is_deterministic(tmp_path):
     from rare_objects.demo.tiny_vlm import build_tiny_qwen2vl
 

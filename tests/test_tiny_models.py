@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from rare_objects.runtime.offline import configure
+from tests.conftest import CACHE, MODELS
 
-CACHE = Path(__file__).resolve().parent / ".cache"
-MODELS = CACHE / "models"
+DETECTOR_WORK = CACHE / "detector-training"  # as conftest's demo_models
 configure(CACHE / "libraries")  # before ultralytics / open_clip are imported
 
 import torch  # noqa: E402
@@ -91,10 +91,11 @@ def detection_recall(
 
 @pytest.fixture(scope="session")
 def demo_detector() -> Path:
-    """The tiny demo detector, trained once (minutes) and cached across test sessions."""
-    return tiny_models.build_demo_detector(
-        MODELS / "demo_detector.pt", MODELS / "detector_work", seed=0
-    )
+    """The tiny demo detector, trained once (minutes) and cached across test sessions.
+
+    The same file as the workflow tests' ``demo_models`` (same arguments), so one training serves both.
+    """
+    return tiny_models.build_demo_detector(MODELS / "detector.pt", DETECTOR_WORK, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -245,7 +246,7 @@ def test_detector_loads_with_yolo(demo_detector):
     assert [model.names[i] for i in sorted(model.names)] == list(demo_scenes.CLASS_NAMES)
     n_params = sum(p.numel() for p in model.model.parameters())
     assert n_params < 2_000_000
-    metrics = json.loads((MODELS / "detector_work" / tiny_models.DETECTOR_METRICS_NAME).read_text())
+    metrics = json.loads((DETECTOR_WORK / tiny_models.DETECTOR_METRICS_NAME).read_text())
     print(f"\ntiny detector: {n_params} parameters, training metrics {metrics}")
 
 

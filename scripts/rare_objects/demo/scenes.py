@@ -873,7 +873,7 @@ def object_crops(
     stream: int,
     n_scenes: int,
     planted_share: float = 0.5,
-    jitter: float = 0.08,
+    jitter: float | tuple[float, float] = 0.08,
     size: tuple[int, int] = DEFAULT_SIZE,
     min_side: int = 8,
 ):
@@ -882,7 +882,8 @@ def object_crops(
     ``planted_share`` of the scenes hold one planted object (kinds in turn), far more than
     the demo, so that a model trained on the crops sees every kind often. Each crop's box is
     moved by up to ``jitter`` of the object's size on each side, as a detector's box would
-    be. Objects smaller than ``min_side`` pixels are left out. Scenes come from the random
+    be; a pair ``(inward, outward)`` moves each side by up to ``inward`` into the object and
+    ``outward`` away from it (a detector's box is more often too large than too small). Objects smaller than ``min_side`` pixels are left out. Scenes come from the random
     stream ``stream`` (:data:`STREAM_VLM` for training, :data:`STREAM_VLM_HELDOUT` for a
     held-out check), never from the demo's own.
     """
@@ -900,7 +901,11 @@ def object_crops(
             w, h = obj.x2 - obj.x1, obj.y2 - obj.y1
             if min(w, h) < min_side:
                 continue
-            d = rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
+            if isinstance(jitter, tuple | list):
+                # each side: up to jitter[0] inward, jitter[1] outward
+                d = rng.uniform(-jitter[0], jitter[1], size=4) * np.array([-w, -h, w, h])
+            else:
+                d = rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
             box = (
                 max(0.0, obj.x1 + d[0]),
                 max(0.0, obj.y1 + d[1]),
