@@ -167,6 +167,13 @@ def test_clip_build_is_deterministic_and_idempotent(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert a.read_bytes() == b.read_bytes()
+    # torch.save's files too (the workflow's clip-tiny.pt), and the JSON beside them
+    small = dict(seed=3, finetune_steps=4, n_scenes=5)
+    pa = tiny_models.build_demo_clip(tmp_path / "pa" / "clip.pt", **small)
+    pb = tiny_models.build_demo_clip(tmp_path / "pb" / "clip.pt", **small)
+    assert pa.read_bytes() == pb.read_bytes()
+    assert (pa.parent / "clip.json").read_text() == (pb.parent / "clip.json").read_text()
+    assert all(torch.equal(sa[k], v) for k, v in torch.load(pa).items())
 
     # idempotent: an existing file is returned untouched; force rebuilds
     a.write_bytes(b"sentinel")
@@ -271,7 +278,9 @@ def test_detector_build_is_idempotent(demo_detector, tmp_path):
 
 
 def test_detector_build_is_deterministic(tmp_path):
-    """Two fresh builds with one seed give equal weights (the .pt also holds its build date)."""
+    """Two fresh builds with one seed, in other folders and at other times, give equal files."""
+    from ultralytics import YOLO
+
     small = dict(seed=3, epochs=1, imgsz=160, n_train=6, n_val=2, batch=4, threads=1)
     a = tiny_models.build_demo_detector(tmp_path / "a.pt", tmp_path / "a_work", **small)
     b = tiny_models.build_demo_detector(tmp_path / "b.pt", tmp_path / "b_work", **small)
@@ -279,3 +288,11 @@ def test_detector_build_is_deterministic(tmp_path):
     sb = torch.load(b, weights_only=False)["model"].float().state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.read_bytes() == b.read_bytes()
+    checkpoint = torch.load(a, weights_only=False)
+    assert str(tmp_path) not in repr(checkpoint["train_args"])  # no path of the build
+    assert not {"date", "git", "train_results"} & checkpoint.keys()
+    # ultralytics loads it as any checkpoint, with the training size as its default
+    model = YOLO(str(a), task="detect")
+    assert model.overrides["imgsz"] == 160
+    assert [model.names[i] for i in sorted(model.names)] == list(demo_scenes.CLASS_NAMES)

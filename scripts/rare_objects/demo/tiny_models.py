@@ -50,9 +50,47 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
-    with atomic.atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def _torch_save_bytes(obj) -> bytes:
+    """``torch.save`` of ``obj`` into memory.
+
+    Not into the atomic writer's temporary file: ``torch.save`` names the records inside
+    its zip archive after the file it writes (``detector.pt.1234.tmp/data.pkl``), so equal
+    models saved by two processes would differ in those names. In memory they are
+    ``archive/...`` every time.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+# What ultralytics' trainer records in a checkpoint that differs between two equal builds:
+# where it ran (paths), when, and how long each epoch took; the weights and every
+# setting that shapes them stay.
+_CHECKPOINT_DROPPED = ("date", "git", "train_results", "optimizer", "scaler", "ema", "updates")
+_TRAIN_ARGS_DROPPED = ("model", "data", "project", "name", "save_dir")
+
+
+def _portable_detector_checkpoint(best: Path) -> bytes:
+    """The trainer's ``best.pt`` as bytes that equal builds (same seed and threads) share."""
+    import torch
+
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    if checkpoint.get("ema") is not None:  # what ultralytics loads first
+        checkpoint["model"] = checkpoint["ema"]
+    args = {k: v for k, v in checkpoint["train_args"].items() if k not in _TRAIN_ARGS_DROPPED}
+    checkpoint = {k: v for k, v in checkpoint.items() if k not in _CHECKPOINT_DROPPED}
+    checkpoint["train_args"] = args
+    model = checkpoint["model"]
+    model.args = dict(args)
+    if isinstance(
+        getattr(model, "yaml", None), dict
+    ):  # the architecture, less the file it came from
+        model.yaml = {k: v for k, v in model.yaml.items() if k != "yaml_file"}
+    return _torch_save_bytes(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +224,7 @@ def build_demo_detector(
         epochs,
         seconds,
     )
-    _atomic_copy(best, out_path)
+    atomic.write_bytes(out_path, _portable_detector_checkpoint(best))
     return out_path
 
 
@@ -250,8 +288,9 @@ def build_demo_clip(
     their captions ("a red car", "a photo of a truck", "a photo of a construction vehicle",
     ...), each crop with several positive captions. A ``.safetensors`` suffix saves as
     safetensors, anything else with ``torch.save``; both load through open_clip's
-    ``pretrained=`` path. A JSON with the loss and timing is written next to ``out_path``
-    as ``<stem>.json``.
+    ``pretrained=`` path. A JSON with the training settings and losses is written next to
+    ``out_path`` as ``<stem>.json`` (the timings go to the log, so that two builds with one
+    seed write equal files).
     """
     out_path = Path(out_path)
     if out_path.exists() and not force:
@@ -312,31 +351,30 @@ def build_demo_clip(
                 "n_captions": len(captions),
                 "first_loss": round(losses[0], 4),
                 "final_loss": round(float(np.mean(losses[-20:])), 4),
-                "prep_seconds": round(prep_seconds, 1),
-                "finetune_seconds": round(time.perf_counter() - t0, 1),
             }
         )
+        # Timings go to the log only: equal builds write equal files.
         log.info(
-            "tiny CLIP fine-tune: loss %.3f -> %.3f in %.0f s",
+            "tiny CLIP fine-tune: loss %.3f -> %.3f; crops prepared in %.0f s, trained in %.0f s",
             losses[0],
             summary["final_loss"],
-            summary["finetune_seconds"],
+            prep_seconds,
+            time.perf_counter() - t0 - prep_seconds,
         )
 
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    with atomic.atomic_path(out_path) as tmp:
-        if out_path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if out_path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-            # One metadata key: safetensors writes a map's keys in no fixed order, and
-            # equal builds must give equal bytes.
-            save_file(state, str(tmp), metadata={"model": f"{DEMO_CLIP_NAME} seed={seed}"})
-        else:
-            torch.save(state, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600
-    out_path.with_name(out_path.stem + ".json").write_text(json.dumps(summary, indent=2) + "\n")
+        # One metadata key: safetensors writes a map's keys in no fixed order, and
+        # equal builds must give equal bytes.
+        data = save(state, metadata={"model": f"{DEMO_CLIP_NAME} seed={seed}"})
+    else:
+        data = _torch_save_bytes(state)
+    atomic.write_bytes(out_path, data)
+    atomic.write_text(
+        out_path.with_name(out_path.stem + ".json"), json.dumps(summary, indent=2) + "\n"
+    )
     return out_path
 
 
