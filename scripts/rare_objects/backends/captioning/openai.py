@@ -44,7 +44,6 @@ def _request_bodies(body_parts: tuple[bytes, bytes], images: list) -> list[bytes
     escaping, so only the URL is built per crop. Errors travel back as text, so
     that an exception that cannot be pickled still reaches the caller.
     """
-    from rare_objects.backends.captioning import short_error
     from rare_objects.io.images import to_data_url
 
     before, after = body_parts
@@ -190,7 +189,10 @@ class OpenAICaptioner:
             max_new_tokens=max_tokens,
             prompt=prompt,
         )
+        import yarl  # aiohttp's URL type: parsed once here, not once per request
+
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self._url = yarl.URL(self.url)
         self.model_name = model
         self.api_key_env = api_key_env = option["api_key_env"]
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -205,9 +207,6 @@ class OpenAICaptioner:
         self.prompt = option["prompt"]
         self.temperature = temperature
         self._sleep = sleep
-        import yarl  # aiohttp's URL type: parsed once here, not once per request
-
-        self._url = yarl.URL(self.url)
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
