@@ -14,8 +14,8 @@ rule caption:
     resources:
         gpu=caption_gpu(),
     params:
-        captions=config["captions"],
-        images=config["images"],
+        captions=caption_settings(),
+        images=tracked("images"),
         device=config["device"],
     script:
         "../scripts/caption.py"

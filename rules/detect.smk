@@ -16,8 +16,8 @@ rule detect:
         gpu=GPU,
     params:
         manifest=shard_manifest,
-        detector=config["detector"],
-        images=config["images"],
+        detector=tracked("detector"),
+        images=tracked("images"),
         device=config["device"],
     script:
         "../scripts/detect.py"

@@ -16,8 +16,8 @@ rule embed:
     params:
         model=CLIP_MODEL,
         pretrained=CLIP_PRETRAINED,
-        embedder=config["embedder"],
-        images=config["images"],
+        embedder=tracked("embedder"),
+        images=tracked("images"),
         device=config["device"],
     script:
         "../scripts/embed.py"

@@ -25,7 +25,7 @@ rule export_results:
         targets=config["targets"],
         export=config["export"],
         max_images=config["input"]["max_images"],
-        images=config["images"],
+        images=tracked("images"),
         seed=config["seed"],
         input_path=config["input"]["path"],
     script:

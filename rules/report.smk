@@ -53,7 +53,7 @@ rule explorer:
     params:
         explorer=config["explorer"],
         targets=config["targets"],
-        images=config["images"],
+        images=tracked("images"),
     script:
         "../scripts/explorer.py"
 
@@ -109,7 +109,7 @@ rule report_galleries:
     params:
         report=config["report"],
         targets=config["targets"],
-        images=config["images"],
+        images=tracked("images"),
     script:
         "../scripts/report_galleries.py"
 

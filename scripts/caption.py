@@ -8,11 +8,13 @@ log = start_rule(snakemake)
 
 from rare_objects.backends import captioning  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 from rare_objects.stages.captions import all_failed, caption_objects  # noqa: E402
 
 part = int(snakemake.wildcards.part)
-settings = snakemake.params.captions
-image_cfg = snakemake.params.images
+# the params plus the speed-only keys (batch sizes, concurrency, loader_workers), read untracked
+settings = rule_section(snakemake, "captions")
+image_cfg = rule_section(snakemake, "images")
 backend = captioning.get_backend(settings["backend"])
 selection = pd.read_parquet(snakemake.input.selection)
 objects = selection[selection["selected"] & (selection["caption_partition"] == part)].reset_index(

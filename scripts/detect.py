@@ -8,10 +8,12 @@ log = start_rule(snakemake)
 
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.runtime import models  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
 
-detector_cfg = snakemake.params.detector
-image_cfg = snakemake.params.images
+# the params plus the speed-only keys (batch_size, loader_workers), read untracked
+detector_cfg = rule_section(snakemake, "detector")
+image_cfg = rule_section(snakemake, "images")
 device = models.resolve_device(snakemake.params.device)
 settings = DetectSettings.from_config(detector_cfg, device)
 model = models.load_detector(snakemake.input.weights)

@@ -8,10 +8,12 @@ log = start_rule(snakemake)
 
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.runtime import models  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 from rare_objects.stages.embedding import embed_objects  # noqa: E402
 
-embedder = snakemake.params.embedder
-image_cfg = snakemake.params.images
+# the params plus the speed-only keys (batch_size, loader_workers), read untracked
+embedder = rule_section(snakemake, "embedder")
+image_cfg = rule_section(snakemake, "images")
 clip = models.load_clip(
     snakemake.params.model,
     snakemake.params.pretrained,

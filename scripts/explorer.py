@@ -9,9 +9,10 @@ log = start_rule(snakemake)
 
 from rare_objects.io import images  # noqa: E402
 from rare_objects.report import explorer  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 
 settings = snakemake.params.explorer
-image_cfg = snakemake.params.images
+image_cfg = rule_section(snakemake, "images")  # loader_workers read untracked
 projection = pd.read_parquet(snakemake.input.projection)
 total = int(pq.read_schema(snakemake.input.projection).metadata[b"total_objects"])
 captions = pd.concat(

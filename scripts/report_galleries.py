@@ -8,9 +8,10 @@ log = start_rule(snakemake)
 
 from rare_objects.io import atomic, images  # noqa: E402
 from rare_objects.report import gallery  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 
 settings = snakemake.params.report
-image_cfg = snakemake.params.images
+image_cfg = rule_section(snakemake, "images")  # loader_workers read untracked
 captions = pd.concat(
     [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions],
     ignore_index=True,

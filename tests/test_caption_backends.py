@@ -55,6 +55,8 @@ def test_transformers_declarations(settings):
         True,
     ]
     assert backend.model_files(settings) == ["/models/qwen"]
+    # the key names the path in the start-up check's message
+    assert backend.model_paths(settings) == {"captions.transformers.model": "/models/qwen"}
     assert backend.batch_size(settings) == settings["transformers"]["batch_size"] == 4
     assert backend.batch_size({"transformers": {"batch_size": 9}}) == 9
     assert backend.device("cpu") == "cpu"
@@ -155,5 +157,7 @@ def test_dry_run_takes_gpu_and_model_input_from_the_registry(
     assert resources["gpu"] == gpu
     inputs = job["input"].split(", ")
     assert inputs[0].endswith("tables/selection.parquet")
+    # a model folder is an input with every file in it (a file replaced inside reruns it)
+    assert inputs[1:] == (models.model_input_files(model) if loads_model else [])
     assert (model in inputs) == loads_model
-    assert len(inputs) == (2 if loads_model else 1)
+    assert not loads_model or f"{model}/model.safetensors" in inputs

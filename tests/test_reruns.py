@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, planned_jobs
+from rare_objects.runtime import config as config_checks
+from rare_objects.runtime import speed_settings
+from tests.conftest import REPO, planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -133,3 +139,122 @@ def test_editing_a_rule_script_reruns_that_rule(workflow_run, tmp_path):
     # timing.txt and the report's timing table are built from every rule's benchmark file,
     # so they follow any rerun
     assert set(planned) == {"tsne_plot", "write_timing", "report_overview", "all"}
+
+
+# --- settings that change only speed rerun nothing; settings that change results do ---
+# The schema marks the first kind x-speed-only (rare_objects.runtime.speed_settings): the
+# rules leave them out of their params and the scripts read them from snakemake.config.
+# tests/test_speed_settings.py shows that each gives the same results.
+
+
+def _set(config: dict, path: tuple[str, ...], value) -> dict:
+    changed = copy.deepcopy(config)
+    section = changed
+    for part in path[:-1]:
+        section = section.setdefault(part, {})
+    section[path[-1]] = value
+    return changed
+
+
+def _another_value(config: dict, path: tuple[str, ...]):
+    """A valid value of ``path`` other than the run's (the schema's default where unset)."""
+    value = config_checks.get(config_checks.validate(copy.deepcopy(config)), ".".join(path))
+    return (not value) if isinstance(value, bool) else value + 1
+
+
+def _shards(workdir) -> int:
+    return len(list((workdir / "results" / "tables" / "detections").glob("*.parquet")))
+
+
+@pytest.mark.parametrize("path", speed_settings.speed_only_keys(), ids=".".join)
+def test_a_speed_only_setting_reruns_nothing(workflow_run, path):
+    workdir, config = workflow_run
+    assert planned_jobs(workdir, _set(config, path, _another_value(config, path))) == {}
+
+
+def test_a_setting_of_another_caption_backend_reruns_nothing(workflow_run):
+    workdir, config = workflow_run
+    assert config["captions"]["backend"] == "transformers"
+    changed = _set(config, ("captions", "openai", "timeout_s"), 7)
+    assert planned_jobs(workdir, changed) == {}
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [(("detector", "conf"), 0.3), (("images", "min_side"), 9)],
+    ids=["detector.conf", "images.min_side"],
+)
+def test_a_detection_result_setting_reruns_detect_and_everything_after(workflow_run, path, value):
+    workdir, config = workflow_run
+    planned = planned_jobs(workdir, _set(config, path, value))
+    assert planned["detect"] == planned["embed"] == _shards(workdir)
+    assert planned["caption"] == config["captions"]["partitions"]
+    assert DOWNSTREAM_OF_OUTLIERS <= set(planned)
+    assert "detector_classes" not in planned  # it reads the weights only
+
+
+def test_an_embedding_result_setting_reruns_embed_and_everything_after(workflow_run):
+    workdir, config = workflow_run
+    planned = planned_jobs(workdir, _set(config, ("embedder", "precision"), "bf16"))
+    assert planned["embed"] == _shards(workdir)
+    assert set(planned) == {"embed"} | DOWNSTREAM_OF_OUTLIERS | {"all"}
+
+
+def test_a_caption_model_setting_reruns_the_captions_and_what_follows(workflow_run):
+    workdir, config = workflow_run
+    changed = _set(config, ("captions", "transformers", "max_pixels"), 9408)
+    planned = planned_jobs(workdir, changed)
+    assert planned["caption"] == config["captions"]["partitions"]
+    assert not {"detect", "embed", "outliers", "select_objects"} & set(planned)
+    assert {"analyse_concepts", "export_results"} <= set(planned)
+
+
+# --- model files: every local model path is checked at start and is a rule input ---
+
+
+def test_a_model_path_that_does_not_exist_is_refused_at_start(workflow_run):
+    workdir, config = workflow_run
+    changed = _set(config, ("detector", "weights"), "/nonexistent/yolov8x.pt")
+    changed = _set(changed, ("captions", "transformers", "model"), "/nonexistent/qwen2-vl")
+    result = run_snakemake(workdir, changed, "--dry-run", check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Nothing to be done" not in text
+    assert "model files not found (2 problem(s))" in text
+    assert "detector.weights: '/nonexistent/yolov8x.pt' does not exist" in text
+    assert "captions.transformers.model: '/nonexistent/qwen2-vl' does not exist" in text
+
+
+def test_the_demo_models_may_be_missing_the_workflow_builds_them(tmp_path, workflow_images):
+    from tests.conftest import workflow_config
+
+    models = tmp_path / "no-models-yet"  # demo.models_dir: the build rules' outputs
+    config = workflow_config(tmp_path / "results", workflow_images, models)
+    planned = planned_jobs(tmp_path, config)
+    assert {"build_demo_detector", "build_demo_clip", "build_demo_vlm"} <= set(planned)
+    # another missing file in that folder is no output of theirs: refused
+    typo = _set(config, ("detector", "weights"), str(models / "detecter.pt"))
+    result = run_snakemake(tmp_path, typo, "--dry-run", check=False)
+    assert result.returncode != 0
+    message = f"detector.weights: '{models / 'detecter.pt'}' does not exist"
+    assert message in result.stdout + result.stderr
+
+
+def test_a_file_replaced_in_a_model_folder_reruns_its_stage(workflow_run):
+    """A folder is compared by its own mtime, which a file rewritten inside it does not
+    change: each file of a model folder is an input too."""
+    workdir, config = workflow_run
+    folder = Path(config["captions"]["transformers"]["model"])
+    weights = folder / "model.safetensors"
+    folder_times = os.stat(folder).st_atime_ns, os.stat(folder).st_mtime_ns
+    times = os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns
+    try:
+        os.utime(weights, ns=(times[0], time.time_ns()))  # as if new weights were copied in
+        assert os.stat(folder).st_mtime_ns == folder_times[1]
+        planned = planned_jobs(workdir, config)
+    finally:
+        os.utime(weights, ns=times)
+    assert planned["caption"] == config["captions"]["partitions"]
+    assert not {"detect", "embed", "outliers", "select_objects"} & set(planned)
+    assert {"analyse_concepts", "export_results"} <= set(planned)
+    assert planned_jobs(workdir, config) == {}

@@ -16,7 +16,7 @@ import socket
 import pandas as pd
 import pytest
 
-from tests.conftest import run_snakemake, workflow_config
+from tests.conftest import planned_jobs, run_snakemake, workflow_config
 from tests.fake_openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.workflow
@@ -92,3 +92,19 @@ def test_caption_jobs_through_an_openai_server_dead_then_alive(
     for path in results.rglob("*"):
         if path.is_file() and path.suffix in {".log", ".txt", ".json", ".tsv"}:
             assert SECRET not in path.read_text(errors="replace"), path
+
+    # The client's concurrency and encoder processes change no request: no job reruns
+    # (x-speed-only in the schema). The server's settings do (timeout_s decides which
+    # captions come back as errors).
+    def with_openai(**values):
+        openai = {**config["captions"]["openai"], **values}
+        return {**config, "captions": {**config["captions"], "openai": openai}}
+
+    # (the run stopped at the concepts: the jobs after them are planned in every case)
+    after_concepts = planned_jobs(workdir, config)
+    assert "export_results" in after_concepts and "caption" not in after_concepts
+    assert planned_jobs(workdir, with_openai(concurrency=3)) == after_concepts
+    assert planned_jobs(workdir, with_openai(encode_processes=0)) == after_concepts
+    planned = planned_jobs(workdir, with_openai(timeout_s=9))
+    assert planned["caption"] == config["captions"]["partitions"]
+    assert planned["analyse_concepts"] == 1

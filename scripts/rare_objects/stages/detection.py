@@ -134,8 +134,10 @@ class BatchedDetector:
     goes to the device as one uint8 tensor, through the predictor's model and
     ultralytics' ``non_max_suppression``, and boxes are mapped back with its
     ``scale_boxes``; no ``Results`` objects. A batch with images of different
-    shapes runs as one sub-batch per letterboxed shape (``predict`` would pad
-    them all to a square instead).
+    shapes runs as one sub-batch per letterboxed shape (``predict`` on the whole
+    batch would pad them all to a square; :func:`predict_by_shape`, the path of
+    the other models, calls it per size instead), so an image's boxes do not
+    depend on the images that share its batch.
     """
 
     def __init__(self, model, settings: DetectSettings):
@@ -200,6 +202,26 @@ class BatchedDetector:
         return found
 
 
+def predict_by_shape(model, batch: list, settings: DetectSettings) -> list:
+    """ultralytics' ``predict`` on each group of equally sized images of ``batch``:
+    (N, 6) tensors per image, in order.
+
+    ``predict`` letterboxes a batch of one size with the minimal padding and a batch
+    of mixed sizes to a full square, so one call on a mixed batch would make an
+    image's boxes depend on which images share its batch (``detector.batch_size``).
+    One call per size gives each image the boxes a batch of its size alone gives.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(batch):
+        groups.setdefault(tuple(image.size), []).append(i)
+    found: list = [None] * len(batch)
+    for members in groups.values():
+        results = model.predict([batch[i] for i in members], **settings.predict_options())
+        for i, result in zip(members, results):
+            found[i] = result.boxes.data
+    return found
+
+
 def detect_images(
     manifest: pd.DataFrame,
     model,
@@ -216,7 +238,10 @@ def detect_images(
     names = model.names
     records = list(manifest.itertuples(index=False))
     progress = Progress(log, "detect images", len(records))
-    detections, image_rows, rejects = [], [], []
+    detections, rejects = [], []
+    # one row per image, in the manifest's order whatever the batch size (a rejected
+    # image's row is known at once, the others' when their batch has run)
+    image_rows: list[dict | None] = [None] * len(records)
     batched = BatchedDetector.for_model(model, settings)
 
     def load(path):
@@ -232,18 +257,13 @@ def detect_images(
         if not pending:
             return
         if batched is not None:
-            found = batched.detect([item[2] for item in pending])
+            found = batched.detect([item[3] for item in pending])
         else:
-            found = [
-                result.boxes.data
-                for result in model.predict(
-                    [item[2] for item in pending], **settings.predict_options()
-                )
-            ]
-        for (record, size, _, scale), boxes in zip(pending, found):
+            found = predict_by_shape(model, [item[3] for item in pending], settings)
+        for (index, record, size, _, scale), boxes in zip(pending, found):
             rows = _object_rows(record, boxes, size, scale, names, settings.max_objects)
             detections.extend(rows)
-            image_rows.append(_image_row(record, size, len(rows), "ok"))
+            image_rows[index] = _image_row(record, size, len(rows), "ok")
         progress.update(len(pending))
         pending.clear()
 
@@ -254,11 +274,11 @@ def detect_images(
         if isinstance(loaded, Exception):
             log.warning("rejected %s", loaded)
             rejects.append(_reject_row(record, "detect", loaded))
-            image_rows.append(_image_row(record, (None, None), 0, "rejected"))
+            image_rows[index] = _image_row(record, (None, None), 0, "rejected")
             progress.update()
             continue
         size, resized, scale = loaded
-        pending.append((record, size, resized, scale))
+        pending.append((index, record, size, resized, scale))
         if len(pending) >= settings.batch_size:
             flush()
     flush()

@@ -46,10 +46,6 @@ def _no_gpu(device: str) -> bool:
     return False
 
 
-def _no_files(settings: dict) -> list[str]:
-    return []
-
-
 def _no_device(requested: str) -> str | None:
     return None
 
@@ -71,10 +67,20 @@ class Backend:
     """Crops handed to one ``caption`` call (at most that many are held in memory)."""
     needs_gpu: Callable[[str], bool] = _no_gpu
     """Given the configured ``device`` (auto, cpu, cuda, cuda:N): does a caption job need a GPU?"""
-    model_files: Callable[[dict], list[str]] = _no_files
-    """The local files or folders it loads (the caption rule's inputs)."""
+    model_keys: tuple[str, ...] = ()
+    """The keys of its own section (``captions.<name>.<key>``) that name a local model
+    file or folder it loads: the caption rule's inputs, checked when the workflow starts."""
     device: Callable[[str], str | None] = _no_device
     """The torch device it runs on for the configured one; None when it runs no local model."""
+
+    def model_paths(self, settings: dict) -> dict[str, str]:
+        """The local files or folders it loads, by their configuration key."""
+        own = settings.get(self.name, {})
+        return {f"captions.{self.name}.{key}": own[key] for key in self.model_keys}
+
+    def model_files(self, settings: dict) -> list[str]:
+        """The local files or folders it loads (the caption rule's inputs)."""
+        return list(self.model_paths(settings).values())
 
 
 _BACKENDS: dict[str, Backend] = {}

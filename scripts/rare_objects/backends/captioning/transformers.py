@@ -275,7 +275,7 @@ register(
         # the batch may shrink later: fitted to free GPU memory, halved on out-of-memory
         batch_size=lambda settings: settings[NAME]["batch_size"],
         needs_gpu=lambda device: device != "cpu",
-        model_files=lambda settings: [settings[NAME]["model"]],
+        model_keys=("model",),
         device=_resolve_device,
     )
 )
