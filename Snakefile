@@ -4,6 +4,7 @@
 #          -> select_objects (targets + diversity) -> caption (per partition)
 #          -> analyse_concepts -> export_results, tsne_plot, write_timing
 #          -> projection, explorer, report_galleries, report_overview (rules/report.smk)
+#          -> ground_truth, evaluation_scores, evaluate (rules/evaluation.smk, when enabled)
 
 
 from snakemake.utils import min_version
@@ -27,6 +28,11 @@ include: "rules/captions.smk"
 include: "rules/export.smk"
 include: "rules/training_selection.smk"
 include: "rules/report.smk"
+
+
+if config["evaluation"]["enabled"]:
+
+    include: "rules/evaluation.smk"
 
 
 rule all:

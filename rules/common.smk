@@ -88,7 +88,8 @@ def final_outputs():
         f"{RESULTS}/explorer.html",
         f"{RESULTS}/report/galleries.json",
         f"{RESULTS}/report/statistics.html",
-    ]
+        *MMDET3D_OUTPUTS,  # rules/training_selection.smk: [] unless configured
+    ] + ([f"{RESULTS}/evaluation.json"] if config["evaluation"]["enabled"] else [])
 
 
 EXPORT_FOLDERS = ["outliers", "inliers", "final_outliers", "targets"]
@@ -281,3 +282,27 @@ def gallery_labels(gallery):
         return entry["labels"] if entry else {"crop": wildcards.name}
 
     return labels
+
+
+# --- the evaluation against ground truth (rules/evaluation.smk) ---
+def ground_truth_files(wildcards):
+    """The files the ground truth is read from, so that a changed file reruns the stage."""
+    settings = config["evaluation"]
+    if settings["source"] == "coco":
+        return [settings["coco"]["file"]] if settings["coco"]["file"] else []
+    tables = Path(config["input"]["path"]) / config["input"]["nuscenes"]["version"]
+    return [str(tables / f"{name}.json") for name in NUSCENES_ANNOTATION_TABLES]
+
+
+GROUND_TRUTH_KEYS = ["source", "coco", "nuscenes", "rare_categories"]
+# every table rare_objects.evaluation.nuscenes reads
+NUSCENES_ANNOTATION_TABLES = [
+    "sample_annotation",
+    "instance",
+    "category",
+    "ego_pose",
+    "calibrated_sensor",
+    "sensor",
+    "sample",
+    "sample_data",
+]

@@ -1,4 +1,5 @@
-"""Rule training_selection: the samples to train on (mined samples plus a seeded random fill)."""
+"""Rule training_selection: the samples to train on (training_selection.mode: mined samples plus a
+seeded random fill, or a seeded random share plus a mined share)."""
 
 from rare_objects.runtime import start_rule
 
@@ -19,15 +20,33 @@ table, summary = selection.training_selection(
 selection.write_outputs(
     table, summary, snakemake.output.table, snakemake.output.csv, snakemake.output.summary
 )
-log.info(
-    "%d of %d samples chosen (budget %d): %d mined (%s), %d random fill%s",
-    summary["selected_samples"],
-    summary["total_samples"],
-    summary["budget"],
-    summary["mined_samples"],
-    ", ".join(summary["mined_from"]),
-    summary["random_samples"],
-    "; OVER BUDGET: the mined samples alone exceed it and are all kept"
-    if summary["over_budget"]
-    else "",
-)
+if summary["mode"] == selection.RANDOM_PLUS_MINED:
+    log.info(
+        "%d of %d samples chosen (%s): %d random of a random share of %d, "
+        "%d mined (%s) of a mined share of %d by tier %s%s",
+        summary["selected_samples"],
+        summary["total_samples"],
+        summary["mode"],
+        summary["random_samples"],
+        summary["random_share"],
+        summary["mined_samples"],
+        ", ".join(summary["mined_from"]),
+        summary["mined_share"],
+        ", ".join(f"{tier} {n}" for tier, n in summary["mined_by_tier"].items()),
+        f"; MINED SHORT: {summary['mined_short']} missing, not filled at random"
+        if summary["mined_short"]
+        else "",
+    )
+else:
+    log.info(
+        "%d of %d samples chosen (budget %d): %d mined (%s), %d random fill%s",
+        summary["selected_samples"],
+        summary["total_samples"],
+        summary["budget"],
+        summary["mined_samples"],
+        ", ".join(summary["mined_from"]),
+        summary["random_samples"],
+        "; OVER BUDGET: the mined samples alone exceed it and are all kept"
+        if summary["over_budget"]
+        else "",
+    )

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from rare_objects.demo import scenes as demo_scenes  # noqa: E402
 from rare_objects.demo import tiny_models  # noqa: E402
-from rare_objects.demo.evaluation import iou  # noqa: E402
+from rare_objects.evaluation.matching import box_iou as iou  # noqa: E402
 
 MIN_RECALL = 0.6  # class-aware recall at IoU >= 0.5, conf 0.25, on fresh demo scenes
 

@@ -1,4 +1,5 @@
-"""The training-selection list: budget, mined samples, seeded fill, class counts."""
+"""The training-selection list: budget, mined samples, seeded fill, class counts; the
+random-plus-mined mode: random share, mined share by tier, mined_short."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from rare_objects.io import schemas
+from rare_objects.runtime import config as cfg
 from rare_objects.stages import training_selection as ts
 
 TARGETS = {"trailer": ["truck"]}
 CLASSES = ["car", "truck", "person", "bicycle"]
-SETTINGS = {"mined": ["final_outliers"], "budget_fraction": 0.25, "budget_count": None}
+# The schema's defaults (mode mined_plus_random_fill) with a budget of a quarter.
+SETTINGS = {**cfg.defaults()["training_selection"], "budget_fraction": 0.25}
 
 
 def write_tables(root, n_scenes=4, samples_per_scene=10, cameras=3, seed=0):
@@ -130,7 +133,7 @@ def test_budget_is_honoured_and_every_mined_sample_is_in(tables):
 
 def test_mined_kinds_outliers_and_targets(tables):
     truth = tables[-1]
-    settings = {"mined": ["outliers", "targets"], "budget_fraction": 1.0, "budget_count": None}
+    settings = {**SETTINGS, "mined": ["outliers", "targets"], "budget_fraction": 1.0}
     table, summary = select(tables, settings)
     by_sample = table.set_index("sample")
     outlier_samples = set(truth.loc[truth["is_outlier"], "sample_token"])
@@ -149,9 +152,7 @@ def test_mined_samples_over_the_budget_are_all_kept_and_flagged(tables, caplog):
     truth = tables[-1]
     mined = set(truth.loc[truth["is_outlier"], "sample_token"])
     with caplog.at_level("WARNING"):
-        table, summary = select(
-            tables, {"mined": ["outliers"], "budget_fraction": 0.1, "budget_count": None}
-        )
+        table, summary = select(tables, {**SETTINGS, "mined": ["outliers"], "budget_fraction": 0.1})
     assert summary["over_budget"] and summary["budget"] < len(mined)
     assert set(table["sample"]) == mined and (table["reason"] == "mined").all()
     assert summary["random_samples"] == 0
@@ -206,3 +207,281 @@ def test_a_folder_input_selects_image_paths(tables):
 def test_unknown_mined_kind_is_refused(tables):
     with pytest.raises(ValueError, match="not understood"):
         select(tables, {**SETTINGS, "mined": ["rare"]})
+
+
+# --- mode random_plus_mined --------------------------------------------------------------
+
+RANDOM_PLUS_MINED = {
+    **SETTINGS,
+    "mode": "random_plus_mined",
+    "mined": ["final_outliers", "outliers", "targets"],
+}
+
+
+def hand_pool(tiers: dict[str, int], n_plain: int) -> pd.DataFrame:
+    """A pool as mined_samples(tiers=True) gives it: ``tiers[t]`` mined samples of tier
+    ``t`` (named ``<t>-NN``) and ``n_plain`` samples without mined objects, sorted by sample."""
+    rows = [
+        {"sample": f"{t}-{i:02d}", "mined_objects": 1, "mined_by": "x", "tier": ts.TIERS.index(t)}
+        for t, n in tiers.items()
+        for i in range(n)
+    ]
+    rows += [
+        {"sample": f"plain-{i:03d}", "mined_objects": 0, "mined_by": None, "tier": 3}
+        for i in range(n_plain)
+    ]
+    pool = pd.DataFrame(rows).assign(n_images=6, n_objects=2)
+    return pool.sort_values("sample", ignore_index=True)
+
+
+def of_tier(table, reason, tier):
+    return set(
+        table.loc[
+            (table["reason"] == reason) & table["sample"].str.startswith(f"{tier}-"), "sample"
+        ]
+    )
+
+
+def test_the_mined_share_is_taken_tier_by_tier():
+    tiers = {"target_and_final_outlier": 2, "target": 3, "final_outlier": 4, "other": 5}
+    pool = hand_pool(tiers, n_plain=26)
+    # no random share: the mined share alone, 2 + 3 whole tiers and 2 of the 4 final outliers
+    table, summary = ts.choose_random_plus_mined(pool, 0, 7, seed=3)
+    assert (table["reason"] == "mined").all() and len(table) == 7
+    assert of_tier(table, "mined", "target_and_final_outlier") == {
+        "target_and_final_outlier-00",
+        "target_and_final_outlier-01",
+    }
+    assert len(of_tier(table, "mined", "target")) == 3
+    assert len(of_tier(table, "mined", "final_outlier")) == 2
+    assert not of_tier(table, "mined", "other")
+    # listed in priority order: tier by tier
+    order = [ts.TIERS.index(s.rsplit("-", 1)[0]) for s in table["sample"]]
+    assert order == sorted(order) == [0, 0, 1, 1, 1, 2, 2]
+    assert summary["mined_by_tier"] == {
+        "target_and_final_outlier": 2,
+        "target": 3,
+        "final_outlier": 2,
+        "other": 0,
+    }
+    assert summary["mined_short"] == 0 and summary["random_samples"] == 0
+    # a larger share reaches the last tier
+    table, summary = ts.choose_random_plus_mined(pool, 0, 12, seed=3)
+    assert summary["mined_by_tier"] == {
+        "target_and_final_outlier": 2,
+        "target": 3,
+        "final_outlier": 4,
+        "other": 3,
+    }
+    assert not set(table["sample"]) & set(pool.loc[pool["mined_objects"] == 0, "sample"])
+
+
+def test_a_sample_drawn_at_random_is_not_counted_again_as_mined():
+    # every sample mined (one tier): the mined share is exactly the samples not drawn
+    pool = hand_pool({"final_outlier": 10}, n_plain=0)
+    table, summary = ts.choose_random_plus_mined(pool, 4, 6, seed=0)
+    drawn = set(table.loc[table["reason"] == "random", "sample"])
+    mined = set(table.loc[table["reason"] == "mined", "sample"])
+    assert len(drawn) == 4 and mined == set(pool["sample"]) - drawn
+    assert table["sample"].is_unique and summary["mined_short"] == 0
+    # randomly drawn mined samples keep what they hold, but under reason "random"
+    assert (table.loc[table["reason"] == "random", "mined_objects"] == 1).all()
+    # one more asked for than is left: one short, and nobody is drawn again
+    table, summary = ts.choose_random_plus_mined(pool, 4, 7, seed=0)
+    assert len(table) == 10 and table["sample"].is_unique
+    assert summary["mined_samples"] == 6 and summary["mined_short"] == 1
+
+
+def test_mined_short_leaves_the_rest_of_the_share_empty(caplog):
+    pool = hand_pool({"target": 1, "other": 2}, n_plain=17)  # 20 samples, 3 mined
+    table, summary = ts.choose_random_plus_mined(pool, 0, 10, seed=5)
+    assert len(table) == 3 and (table["reason"] == "mined").all()
+    assert summary["mined_share"] == 10 and summary["mined_samples"] == 3
+    assert summary["mined_short"] == 7 and summary["selected_samples"] == 3
+    assert table["sample"].tolist()[0] == "target-00"
+
+
+def test_the_same_seed_gives_the_same_table_and_another_seed_another_random_share():
+    pool = hand_pool({"target": 6, "final_outlier": 20}, n_plain=74)
+    first, _ = ts.choose_random_plus_mined(pool, 10, 10, seed=11)
+    again, _ = ts.choose_random_plus_mined(pool, 10, 10, seed=11)
+    other, _ = ts.choose_random_plus_mined(pool, 10, 10, seed=12)
+    pd.testing.assert_frame_equal(first, again)
+
+    def share(table, reason):
+        return set(table.loc[table["reason"] == reason, "sample"])
+
+    assert share(first, "random") != share(other, "random")
+    # within the final-outlier tier the order is the seed's, not the samples' order
+    orders = [
+        ts.choose_random_plus_mined(pool, 0, 26, seed=s)[0]["sample"].tolist()[6:] for s in range(3)
+    ]
+    assert all(sorted(o) == sorted(orders[0]) for o in orders)
+    assert len({tuple(o) for o in orders}) == 3 and orders[0] != sorted(orders[0])
+
+
+@pytest.mark.parametrize(
+    "n, fraction, size",
+    [(39, 0.1, 3), (40, 0.1, 4), (100, 0.29, 29), (7, 0.5, 3), (10, 0.0, 0), (10, 1.0, 10)],
+)
+def test_share_sizes_are_the_floor_of_fraction_times_pool(n, fraction, size):
+    assert ts.share_size(n, fraction) == size
+
+
+def planted_tables(root):
+    """Two shards by hand, one camera per sample, every flag planted:
+    s-a: a truck that is a final outlier (tier 1); s-b: a truck and another object that is a
+    final outlier (tier 2: the conjunction is per object); s-c: a truck (tier 2);
+    s-d: a final outlier (tier 3); s-e: an outlier only (tier 4); s-f, s-g: a car;
+    s-h: no object. Returns (images, detections, outliers, concepts)."""
+    objects = {  # sample -> [(class, outlier, final outlier)]
+        "s-a": [("truck", True, True), ("car", False, False)],
+        "s-b": [("truck", False, False), ("car", True, True)],
+        "s-c": [("truck", False, False)],
+        "s-d": [("person", True, True)],
+        "s-e": [("car", True, False)],
+        "s-f": [("car", False, False)],
+        "s-g": [("car", False, False)],
+        "s-h": [],
+    }
+    image_paths, detection_paths, flags = [], [], []
+    for shard, samples in (
+        ("one", ["s-a", "s-b", "s-c", "s-d"]),
+        ("two", ["s-e", "s-f", "s-g", "s-h"]),
+    ):
+        images, detections = [], []
+        for token in samples:
+            image = {
+                "image_id": token,
+                "shard": shard,
+                "image_path": f"/data/{token}.jpg",
+                "sample_token": token,
+                "camera": "CAM_FRONT",
+                "image_width": 1600,
+                "image_height": 900,
+                "n_objects": len(objects[token]),
+                "status": "ok",
+            }
+            images.append(image)
+            for rank, (name, outlier, final) in enumerate(objects[token]):
+                object_id = f"{token}-{rank}"
+                detections.append(
+                    {
+                        **{
+                            k: image[k]
+                            for k in ("image_id", "shard", "image_path", "sample_token", "camera")
+                        },
+                        "object_id": object_id,
+                        "rank": rank,
+                        "class_id": CLASSES.index(name),
+                        "class_name": name,
+                        "confidence": 0.5,
+                        "x1": 0.0,
+                        "y1": 0.0,
+                        "x2": 10.0,
+                        "y2": 10.0,
+                        "image_width": 1600,
+                        "image_height": 900,
+                        "crop_width": 10,
+                        "crop_height": 10,
+                    }
+                )
+                flags.append((object_id, outlier, final))
+        for rows, schema, kind, paths in (
+            (images, schemas.IMAGES, "images", image_paths),
+            (detections, schemas.DETECTIONS, "detections", detection_paths),
+        ):
+            path = root / kind / f"{shard}.parquet"
+            schemas.write_table(
+                pa.Table.from_pandas(
+                    pd.DataFrame(rows, columns=schema.names), preserve_index=False
+                ),
+                schema,
+                path,
+            )
+            paths.append(path)
+    ids, outlier, final = zip(*flags)
+    pd.DataFrame({"object_id": ids, "is_outlier": outlier}).to_parquet(root / "outliers.parquet")
+    captioned = [i for i, o in zip(ids, outlier) if o]
+    pd.DataFrame(
+        {"object_id": captioned, "is_final_outlier": [f for f, o in zip(final, outlier) if o]}
+    ).to_parquet(root / "concepts.parquet")
+    return image_paths, detection_paths, root / "outliers.parquet", root / "concepts.parquet"
+
+
+EXPECTED_TIERS = {"s-a": 0, "s-b": 1, "s-c": 1, "s-d": 2, "s-e": 3}
+
+
+def test_tiers_come_from_per_object_flags_in_the_streaming_pass(tmp_path):
+    images, detections, outliers, concepts = planted_tables(tmp_path)
+    final = ts.flagged_ids(concepts, "is_final_outlier")
+    pool = ts.mined_samples(
+        images,
+        detections,
+        "sample_token",
+        ["final_outliers", "outliers", "targets"],
+        TARGETS,
+        ts.flagged_ids(outliers, "is_outlier"),
+        final,
+        tiers=True,
+    ).set_index("sample")
+    assert list(pool.index) == [f"s-{c}" for c in "abcdefgh"]
+    mined = pool[pool["mined_objects"] > 0]
+    assert mined["tier"].to_dict() == EXPECTED_TIERS
+    # the tiers do not depend on which kinds make a sample mined
+    only_final = ts.mined_samples(
+        images, detections, "sample_token", ["final_outliers"], TARGETS, set(), final, tiers=True
+    ).set_index("sample")
+    assert only_final["tier"].to_dict() == pool["tier"].to_dict()
+    assert set(only_final.index[only_final["mined_objects"] > 0]) == {"s-a", "s-b", "s-d"}
+
+
+def test_random_plus_mined_from_the_stage_tables(tmp_path):
+    tables = (*planted_tables(tmp_path), None)
+    # no random share, a mined share of half the 8 samples: the tiers 1, 2, 2, then s-d
+    settings = {**RANDOM_PLUS_MINED, "random_fraction": 0.0, "mined_fraction": 0.5}
+    table, summary = select(tables, settings)
+    assert table["sample"].tolist()[0] == "s-a"
+    assert set(table["sample"].tolist()[1:3]) == {"s-b", "s-c"}
+    assert table["sample"].tolist()[3] == "s-d" and (table["reason"] == "mined").all()
+    assert summary["mined_by_tier"] == {
+        "target_and_final_outlier": 1,
+        "target": 2,
+        "final_outlier": 1,
+        "other": 0,
+    }
+    # a share of all 8: the 5 mined samples, 3 short (the 3 others are not mined)
+    table, summary = select(tables, {**settings, "mined_fraction": 1.0})
+    assert set(table["sample"]) == set(EXPECTED_TIERS) and summary["mined_short"] == 3
+
+
+def test_random_plus_mined_summary_sizes_and_keys(tables, caplog):
+    settings = {**RANDOM_PLUS_MINED, "random_fraction": 0.25, "mined_fraction": 0.1}
+    with caplog.at_level("WARNING"):
+        table, summary = select(tables, settings)
+    pool = 4 * 10 - 1
+    assert summary["random_share"] == summary["random_samples"] == 9  # floor(0.25 * 39)
+    assert summary["mined_share"] == summary["mined_samples"] == 3  # floor(0.1 * 39)
+    assert (table["reason"] == "random").sum() == 9 and (table["reason"] == "mined").sum() == 3
+    assert summary["total_samples"] == pool and summary["budget"] == 12
+    assert summary["selected_samples"] == len(table) == 12 and table["sample"].is_unique
+    assert summary["mode"] == "random_plus_mined" and not summary["over_budget"]
+    assert summary["mined_short"] == 0 and sum(summary["mined_by_tier"].values()) == 3
+    assert "none added at random" not in caplog.text
+    old_keys = set(select(tables)[1])
+    assert old_keys | {"random_share", "mined_share", "mined_by_tier", "mined_short"} == set(
+        summary
+    )
+    assert select(tables)[1]["mode"] == "mined_plus_random_fill"
+    json.dumps(summary)
+    # mined_short is logged
+    with caplog.at_level("WARNING"):
+        _, summary = select(tables, {**settings, "random_fraction": 1.0})
+    assert summary["mined_short"] == 3 and "none added at random" in caplog.text
+
+
+def test_a_mode_that_is_not_known_is_refused(tables):
+    with pytest.raises(cfg.ConfigError, match="training_selection.mode"):
+        cfg.validate({"training_selection": {"mode": "mined_only"}})
+    with pytest.raises(ValueError, match="not understood"):
+        select(tables, {**SETTINGS, "mode": "mined_only"})

@@ -1,2 +1,3 @@
-"""The bundled demo and the test data: seeded street scenes with planted objects, the tiny models
-trained on them, a nuScenes-shaped dataroot, and the demo's evaluation. No stage imports this."""
+"""The bundled demo and the test data: seeded street scenes with planted objects (and their
+ground truth as a COCO file), the tiny models trained on them and a nuScenes-shaped dataroot.
+No stage imports this."""

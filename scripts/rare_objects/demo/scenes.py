@@ -84,6 +84,7 @@ JPEG_QUALITY = 90
 DEFAULT_SIZE = (640, 384)  # width, height
 DEFAULT_CAMERA = "CAM_FRONT"
 GROUND_TRUTH_NAME = "ground_truth.csv"
+COCO_GROUND_TRUTH_NAME = "ground_truth.coco.json"  # the evaluation stage's input (config.yaml)
 
 # Random streams (second element of the per-image seed sequence).
 STREAM_DEMO, STREAM_TRAIN, STREAM_VAL, STREAM_CLIP, STREAM_VLM, STREAM_VLM_HELDOUT = (
@@ -820,12 +821,10 @@ def generate_scenes(
     plan = _planted_plan(
         np.random.default_rng([seed, STREAM_DEMO, 2**31 - 1]), n_images, planted_fraction
     )
-    per_folder = math.ceil(n_images / len(names)) if n_images else 0
+    image_paths = _image_paths(names, n_images, camera)
     rows = []
-    for idx in range(n_images):
-        folder = names[min(idx // max(1, per_folder), len(names) - 1)]
-        frame = idx - names.index(folder) * per_folder
-        rel = Path(folder) / camera / f"{folder}__{camera}__{frame:06d}.jpg"
+    for idx, rel in enumerate(map(Path, image_paths)):
+        folder = rel.parts[0]
         rng = np.random.default_rng([seed, STREAM_DEMO, idx])
         image, objects = render_scene(rng, size, plan.get(idx, NOT_PLANTED), objects_per_image)
         _write_jpeg(image, out / rel)
@@ -853,7 +852,62 @@ def generate_scenes(
     gt = pd.DataFrame(rows, columns=GT_COLUMNS)
     with atomic.atomic_path(out / GROUND_TRUTH_NAME) as tmp:
         gt.to_csv(tmp, index=False, float_format="%.2f", lineterminator="\n")
+    coco = coco_ground_truth(gt, image_paths, size)
+    atomic.write_text(out / COCO_GROUND_TRUTH_NAME, json.dumps(coco, indent=1) + "\n")
     return gt
+
+
+def _image_paths(names: list[str], n_images: int, camera: str) -> list[str]:
+    """Every demo image's path relative to the output folder, in generation order."""
+    per_folder = math.ceil(n_images / len(names)) if n_images else 0
+    paths = []
+    for idx in range(n_images):
+        folder = names[min(idx // max(1, per_folder), len(names) - 1)]
+        frame = idx - names.index(folder) * per_folder
+        paths.append(f"{folder}/{camera}/{folder}__{camera}__{frame:06d}.jpg")
+    return paths
+
+
+def coco_ground_truth(gt: pd.DataFrame, image_paths: list[str], size: tuple[int, int]) -> dict:
+    """The demo's ground truth as a COCO detection file: the four classes and each planted
+    kind as its own category (a planted monster car is a ``monster_car``, not a car), every
+    image listed (those without objects too), boxes ``[x, y, w, h]``."""
+    names = [*CLASS_NAMES, *PLANTED_KINDS]
+    category_id = {name: i + 1 for i, name in enumerate(names)}
+    image_id = {path: i + 1 for i, path in enumerate(image_paths)}
+    kinds = np.where(gt["planted"], gt["planted_kind"], gt["class_name"])
+    annotations = [
+        {
+            "id": i + 1,
+            "image_id": image_id[row.image_path],
+            "category_id": category_id[kind],
+            "bbox": [
+                round(row.x1, 2),
+                round(row.y1, 2),
+                round(row.x2 - row.x1, 2),
+                round(row.y2 - row.y1, 2),
+            ],
+            "area": round((row.x2 - row.x1) * (row.y2 - row.y1), 2),
+            "iscrowd": 0,
+        }
+        for i, (row, kind) in enumerate(zip(gt.itertuples(index=False), kinds))
+    ]
+    return {
+        "info": {"description": "rare-object-mining demo scenes (rare_objects.demo.scenes)"},
+        "images": [
+            {"id": image_id[p], "file_name": p, "width": int(size[0]), "height": int(size[1])}
+            for p in image_paths
+        ],
+        "annotations": annotations,
+        "categories": [
+            {
+                "id": category_id[n],
+                "name": n,
+                "supercategory": "planted" if n in PLANTED_KINDS else "ordinary",
+            }
+            for n in names
+        ],
+    }
 
 
 def read_ground_truth(out_dir: str | os.PathLike) -> pd.DataFrame:

@@ -220,3 +220,61 @@ def write_table(
 
 def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
+
+
+# Ground-truth boxes on the run's images (rare_objects.evaluation.ground_truth), whatever
+# the source: gt_id is the COCO annotation id or "<sample_annotation token>:<camera>",
+# boxes in original pixels clipped to the image (clipped says it left the image),
+# visibility the nuScenes visibility token (null for COCO).
+GROUND_TRUTH = pa.schema(
+    [
+        ("gt_id", pa.string()),
+        ("image_path", pa.string()),
+        ("category", pa.string()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("clipped", pa.bool_()),
+        ("visibility", pa.string()),
+    ]
+)
+
+
+def evaluation_objects_schema(entries: list[str]) -> pa.Schema:
+    """One row per ground-truth object on a usable image: its match (object_id null when
+    the detector missed it) and whether it was flagged by each evaluated detector entry
+    (outlier_<entry>), the run's outlier stage, selection, captioning and concepts."""
+    flags = [
+        "detected",
+        "outlier",
+        "selected",
+        "captioned",
+        "captioned_naming_category",
+        "final_outlier",
+        "target_match",
+        *(f"outlier_{entry}" for entry in entries),
+    ]
+    return pa.schema(
+        [
+            *GROUND_TRUTH,
+            ("object_id", pa.string()),
+            ("class_name", pa.string()),
+            ("iou", pa.float32()),
+            *((flag, pa.bool_()) for flag in flags),
+        ]
+    )
+
+
+def evaluation_scores_schema(detectors: list[str]) -> pa.Schema:
+    """One row per object with a valid embedding: for each evaluated detector, its scores
+    (higher = more anomalous; the class score null below outliers.min_samples) and its
+    OR-combined flag, each as the outliers stage gives them with that detector alone."""
+    fields = [("object_id", pa.string()), ("class_name", pa.string())]
+    for name in detectors:
+        fields += [
+            (f"score_global_{name}", pa.float32()),
+            (f"score_class_{name}", pa.float32()),
+            (f"is_outlier_{name}", pa.bool_()),
+        ]
+    return pa.schema(fields)

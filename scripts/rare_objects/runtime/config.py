@@ -80,6 +80,7 @@ def _check_semantics(config: dict) -> None:
     embedder = config["embedder"]
     if embedder["preset"] == "custom" and not embedder.get("model"):
         problems.append("embedder.model: required when embedder.preset is 'custom'")
+    problems += _evaluation_problems(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
@@ -95,3 +96,25 @@ def get(config: dict, dotted: str) -> Any:
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def _evaluation_problems(config: dict) -> list[str]:
+    """What the evaluation section needs beyond its types, when it is enabled."""
+    evaluation = config["evaluation"]
+    if not evaluation["enabled"]:
+        return []
+    problems = []
+    if evaluation["source"] == "coco" and not evaluation["coco"]["file"]:
+        problems.append("evaluation.coco.file: required when evaluation.source is coco")
+    if evaluation["source"] == "nuscenes" and config["input"]["kind"] != "nuscenes":
+        problems.append(
+            "evaluation.source: nuscenes needs input.kind nuscenes (the annotations are the "
+            "dataroot's tables); use coco for a folder of images"
+        )
+    for members in evaluation["combinations"]:
+        missing = sorted(set(members) - set(evaluation["detectors"]))
+        if missing:
+            problems.append(
+                f"evaluation.combinations: {members} has {missing}, not in evaluation.detectors"
+            )
+    return problems

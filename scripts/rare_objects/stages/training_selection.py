@@ -1,4 +1,10 @@
-"""The training-selection list: every sample holding a mined object, plus a seeded random fill up to a budget.
+"""The training-selection list: the samples to train a detector on, in one of two modes.
+
+``mined_plus_random_fill`` (the default): every sample holding a mined object,
+plus a seeded random fill up to a budget. ``random_plus_mined`` (the method
+paper's recipe, arXiv 2512.05482): a seeded uniform random share of all
+samples, then a mined share of the mined samples not already drawn, taken tier
+by tier (:data:`TIERS`).
 
 The method's deliverable: a detector trained on a random share of the data plus
 the mined share keeps most of the full-data performance. A *sample* is what a
@@ -7,9 +13,12 @@ or, for a folder input, one image path (file stems are not unique across
 folders). The pool is every sample with at least one usable image (status
 ``ok`` in the image tables), with or without objects.
 
-Rule when the mined samples alone exceed the budget: all of them are kept (they
-are the point of the mining), no random sample is added, and the summary says
-``over_budget: true``.
+Rule when the mined samples alone exceed the budget (first mode): all of them
+are kept (they are the point of the mining), no random sample is added, and the
+summary says ``over_budget: true``. Rule when the mined samples run out before
+the mined share is reached (second mode): the rest of the share stays empty, no
+random sample takes its place, and the summary's ``mined_short`` says how many
+are missing.
 
 The functions read the stage tables a few columns at a time: the per-object
 flags are kept as sets of object ids (outliers are a few percent of the
@@ -23,6 +32,7 @@ import json
 import logging
 import math
 import os
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -34,6 +44,17 @@ log = logging.getLogger("rare_objects.stages.training_selection")
 MINED_KINDS = ("final_outliers", "outliers", "targets")
 MINED = "mined"
 RANDOM_FILL = "random_fill"
+RANDOM = "random"
+
+MINED_PLUS_RANDOM_FILL = "mined_plus_random_fill"
+RANDOM_PLUS_MINED = "random_plus_mined"
+MODES = (MINED_PLUS_RANDOM_FILL, RANDOM_PLUS_MINED)
+
+# The method's priority for the mined share of random_plus_mined, best first: a
+# sample holding one object that is both a target match and a final outlier,
+# then one holding a target match, then one holding a final outlier, then any
+# other mined sample (e.g. outliers only).
+TIERS = ("target_and_final_outlier", "target", "final_outlier", "other")
 
 
 def sample_column(input_kind: str) -> str:
@@ -57,10 +78,16 @@ def mined_samples(
     targets: dict[str, list[str]],
     outlier_ids: set[str],
     final_outlier_ids: set[str],
+    tiers: bool = False,
 ) -> pd.DataFrame:
     """One row per sample of the pool: ``sample``, ``n_images``, ``n_objects``,
     ``mined_objects`` and ``mined_by`` (the kinds of mined object it holds,
-    comma-separated, or null), sorted by sample."""
+    comma-separated, or null), sorted by sample.
+
+    With ``tiers``, also ``tier``: the sample's position in :data:`TIERS`, from
+    its objects' target and final-outlier flags whatever ``mined`` holds
+    (``final_outlier_ids`` must then be the final outliers).
+    """
     unknown = sorted(set(mined) - set(MINED_KINDS))
     if unknown or not mined:
         raise ValueError(
@@ -87,6 +114,14 @@ def mined_samples(
         frame["mined_objects"] = (
             np.logical_or.reduce([*flags.values()], axis=0) if len(frame) else 0
         )
+        if tiers:
+            # Per object, before the sum per sample: the first tier needs one object that is
+            # both, not a target match and a final outlier anywhere in the sample.
+            is_target = objects["class_name"].isin(target_classes).to_numpy()
+            is_final = objects["object_id"].isin(final_outlier_ids).to_numpy()
+            frame["tier_target_final"] = is_target & is_final
+            frame["tier_target"] = is_target
+            frame["tier_final"] = is_final
         per_shard.append(frame.groupby("sample", sort=False).sum())
     counts = pd.concat(per_shard).groupby(level=0).sum() if per_shard else pd.DataFrame()
     pool = pool.join(counts, how="left").fillna(0)
@@ -101,13 +136,28 @@ def mined_samples(
     pool = pool.reset_index()
     for column in ("n_images", "n_objects", "mined_objects"):
         pool[column] = pool[column].astype(np.int64) if column in pool else 0
-    return pool[["sample", "n_images", "n_objects", "mined_objects", "mined_by"]]
+    columns = ["sample", "n_images", "n_objects", "mined_objects", "mined_by"]
+    if tiers:
+        held = [
+            pool[c].to_numpy() > 0 if c in pool else np.zeros(len(pool), dtype=bool)
+            for c in ("tier_target_final", "tier_target", "tier_final")
+        ]
+        # The first tier whose flag the sample holds; "other" when none.
+        pool["tier"] = np.select(held, [0, 1, 2], default=len(TIERS) - 1).astype(np.int64)
+        columns.append("tier")
+    return pool[columns]
 
 
 def budget_size(n_samples: int, fraction: float, count: int | None) -> int:
     """The budget in samples: ``count`` when given, else ``floor(fraction * n_samples)``; at most the pool."""
     size = count if count is not None else math.floor(fraction * n_samples)
     return min(int(size), n_samples)
+
+
+def share_size(n_samples: int, fraction: float) -> int:
+    """``floor(fraction * n_samples)``, with the fraction read as the decimal it is written as
+    (0.29 of 100 is 29, where the binary float product is 28.999...)."""
+    return min(math.floor(Fraction(repr(float(fraction))) * n_samples), n_samples)
 
 
 def choose_samples(pool: pd.DataFrame, budget: int, seed: int) -> tuple[pd.DataFrame, dict]:
@@ -133,6 +183,52 @@ def choose_samples(pool: pd.DataFrame, budget: int, seed: int) -> tuple[pd.DataF
         "random_samples": int(n_fill),
         "over_budget": bool(len(mined) > budget),
         "seed": int(seed),
+    }
+    return table, summary
+
+
+def choose_random_plus_mined(
+    pool: pd.DataFrame, random_size: int, mined_size: int, seed: int
+) -> tuple[pd.DataFrame, dict]:
+    """The selection table (schemas.TRAINING_SELECTION) and its summary for ``random_plus_mined``.
+
+    ``pool`` is :func:`mined_samples` with ``tiers``. First ``random_size`` samples
+    drawn uniformly from the whole pool with ``seed`` (reason ``random``, in pool
+    order; they keep their ``mined_by`` and ``mined_objects``); then up to
+    ``mined_size`` of the mined samples not drawn (reason ``mined``), tier by tier
+    of :data:`TIERS` and in a seeded random order within a tier, listed in that
+    priority order. When they run out the share stays short: no random sample is
+    added, and ``mined_short`` says how many are missing.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(pool)
+    random_size = min(random_size, n)
+    drawn = np.sort(rng.choice(n, size=random_size, replace=False))
+    is_free = np.ones(n, dtype=bool)
+    is_free[drawn] = False
+    candidates = is_free & (pool["mined_objects"].to_numpy() > 0)
+    tier = pool["tier"].to_numpy()
+    ranked = np.concatenate(
+        [rng.permutation(np.flatnonzero(candidates & (tier == t))) for t in range(len(TIERS))]
+    ).astype(np.int64)
+    picked = ranked[:mined_size]
+    table = pd.concat(
+        [pool.iloc[drawn].assign(reason=RANDOM), pool.iloc[picked].assign(reason=MINED)],
+        ignore_index=True,
+    )[schemas.TRAINING_SELECTION.names]
+    picked_tiers = np.bincount(tier[picked], minlength=len(TIERS))
+    summary = {
+        "total_samples": int(n),
+        "budget": int(random_size + mined_size),
+        "selected_samples": int(len(table)),
+        "mined_samples": int(len(picked)),
+        "random_samples": int(random_size),
+        "over_budget": False,
+        "seed": int(seed),
+        "random_share": int(random_size),
+        "mined_share": int(mined_size),
+        "mined_by_tier": {name: int(c) for name, c in zip(TIERS, picked_tiers)},
+        "mined_short": int(mined_size - len(picked)),
     }
     return table, summary
 
@@ -163,9 +259,17 @@ def training_selection(
     targets: dict[str, list[str]],
     seed: int,
 ) -> tuple[pd.DataFrame, dict]:
-    """The whole selection from the stage tables: (table, summary with class counts)."""
+    """The whole selection from the stage tables: (table, summary with class counts).
+
+    ``settings`` is the configuration's ``training_selection`` section (its
+    ``mode`` picks :func:`choose_samples` or :func:`choose_random_plus_mined`).
+    """
+    mode = settings["mode"]
+    if mode not in MODES:
+        raise ValueError(f"training_selection.mode {mode!r} not understood; use one of {MODES}")
     key = sample_column(input_kind)
     mined = list(settings["mined"])
+    tiers = mode == RANDOM_PLUS_MINED
     pool = mined_samples(
         image_paths,
         detection_paths,
@@ -173,12 +277,25 @@ def training_selection(
         mined,
         targets,
         flagged_ids(outliers_path, "is_outlier") if "outliers" in mined else set(),
-        flagged_ids(concepts_path, "is_final_outlier") if "final_outliers" in mined else set(),
+        # the tiers need the final outliers even when they do not make a sample mined
+        flagged_ids(concepts_path, "is_final_outlier")
+        if tiers or "final_outliers" in mined
+        else set(),
+        tiers=tiers,
     )
-    budget = budget_size(len(pool), settings["budget_fraction"], settings["budget_count"])
-    table, summary = choose_samples(pool, budget, seed)
+    if tiers:
+        table, summary = choose_random_plus_mined(
+            pool,
+            share_size(len(pool), settings["random_fraction"]),
+            share_size(len(pool), settings["mined_fraction"]),
+            seed,
+        )
+    else:
+        budget = budget_size(len(pool), settings["budget_fraction"], settings["budget_count"])
+        table, summary = choose_samples(pool, budget, seed)
     summary = {
         "sample": "sample_token" if key == "sample_token" else "image_path",
+        "mode": mode,
         "mined_from": [k for k in MINED_KINDS if k in mined],
         **summary,
         "class_counts": class_counts(detection_paths, key, set(table["sample"])),
@@ -187,7 +304,15 @@ def training_selection(
         log.warning(
             "the %d samples with mined objects exceed the budget of %d samples: all are kept, no random fill",
             summary["mined_samples"],
-            budget,
+            summary["budget"],
+        )
+    if summary.get("mined_short"):
+        log.warning(
+            "only %d mined samples outside the random share for a mined share of %d: "
+            "%d short, none added at random",
+            summary["mined_samples"],
+            summary["mined_share"],
+            summary["mined_short"],
         )
     return table, summary
 

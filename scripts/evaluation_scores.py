@@ -1,0 +1,36 @@
+"""Rule evaluation_scores: every detector of evaluation.detectors, each as the outliers stage
+would run it alone (on all objects and per class), so that one run compares them."""
+
+import pandas as pd
+
+from rare_objects.runtime import start_rule
+
+log = start_rule(snakemake)
+
+from rare_objects.io import schemas  # noqa: E402
+from rare_objects.io.embeddings import read_embedding_matrix  # noqa: E402
+from rare_objects.stages.outliers import class_aware_outliers  # noqa: E402
+
+outliers = snakemake.params.outliers
+ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
+classes = pd.concat(
+    [pd.read_parquet(p, columns=["object_id", "class_name"]) for p in snakemake.input.detections],
+    ignore_index=True,
+).set_index("object_id")["class_name"]
+frame = pd.DataFrame(
+    {"object_id": ids["object_id"].to_numpy(), "class_name": classes.reindex(ids["object_id"])}
+)
+for name in snakemake.params.detectors:
+    found = class_aware_outliers(
+        matrix,
+        frame["class_name"].to_numpy(),
+        {**outliers, "detectors": [name]},
+        seed=snakemake.params.seed,
+    )
+    frame[f"score_global_{name}"] = found["score_global"].to_numpy()
+    frame[f"score_class_{name}"] = found["score_class"].astype("float64").to_numpy()
+    frame[f"is_outlier_{name}"] = found["is_outlier"].to_numpy()
+    log.info("%s: %d outliers of %d objects", name, int(found["is_outlier"].sum()), len(found))
+schemas.write_table(
+    frame, schemas.evaluation_scores_schema(snakemake.params.detectors), snakemake.output[0]
+)
