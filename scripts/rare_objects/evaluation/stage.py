@@ -19,19 +19,12 @@ import pandas as pd
 
 from rare_objects.evaluation import measures
 from rare_objects.evaluation.matching import match_image
+from rare_objects.io import schemas
 from rare_objects.stages.targets import target_matches
 
 log = logging.getLogger("rare_objects.evaluation")
 
-# Flags of each ground-truth object, in the order of evaluation.json's category entries.
-STAGE_FLAGS = [
-    "outlier",
-    "selected",
-    "captioned",
-    "captioned_naming_category",
-    "final_outlier",
-    "target_match",
-]
+STAGE_FLAGS = schemas.EVALUATION_STAGE_FLAGS
 DETECTION_COLUMNS = ["object_id", "image_path", "class_name", "confidence", "x1", "y1", "x2", "y2"]
 SCOPES = ("global", "class", "global_or_class")
 

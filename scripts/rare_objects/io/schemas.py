@@ -241,18 +241,24 @@ GROUND_TRUTH = pa.schema(
 )
 
 
+# What the evaluation follows each ground-truth object through, in evaluation.json's order.
+EVALUATION_STAGE_FLAGS = [
+    "outlier",
+    "selected",
+    "captioned",
+    "captioned_naming_category",
+    "final_outlier",
+    "target_match",
+]
+
+
 def evaluation_objects_schema(entries: list[str]) -> pa.Schema:
     """One row per ground-truth object on a usable image: its match (object_id null when
     the detector missed it) and whether it was flagged by each evaluated detector entry
     (outlier_<entry>), the run's outlier stage, selection, captioning and concepts."""
     flags = [
         "detected",
-        "outlier",
-        "selected",
-        "captioned",
-        "captioned_naming_category",
-        "final_outlier",
-        "target_match",
+        *EVALUATION_STAGE_FLAGS,
         *(f"outlier_{entry}" for entry in entries),
     ]
     return pa.schema(
