@@ -12,6 +12,7 @@ Only PIL and numpy are needed.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 import os
@@ -201,6 +202,14 @@ def open_rgb(
             return to_rgb(image, background)
         except ValueError as exc:
             raise ImageRejected(path, "unsupported_mode", f"mode {image.mode}: {exc}") from None
+
+
+def opener(image_settings: dict) -> Callable[..., Image.Image]:
+    """:func:`open_rgb` with the ``images`` config section's limits (``max_pixels``,
+    ``min_side``): what every stage that opens the run's images calls."""
+    return functools.partial(
+        open_rgb, max_pixels=image_settings["max_pixels"], min_side=image_settings["min_side"]
+    )
 
 
 def _load(image: Image.Image, path) -> None:
