@@ -2,8 +2,8 @@
 #
 #   images -> detect (per shard) -> embed (per shard) -> outliers (LOF)
 #          -> select_objects (targets + diversity) -> caption (per partition)
-#          -> analyse_concepts -> export_results, tsne_plot, write_timing
-#          -> projection, explorer, report_galleries, report_overview (rules/report.smk)
+#          -> analyse_concepts -> export_results, write_timing
+#          -> projection (tsne.png, the explorer's map), explorer, report_galleries, report_overview (rules/report.smk)
 #          -> ground_truth, evaluation_scores, evaluate (rules/evaluation.smk, when enabled)
 
 

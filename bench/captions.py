@@ -331,7 +331,7 @@ def real_size_qwen2vl(tiny: Path, out: Path, device: str) -> Path:
 
 def bench_transformers(args) -> None:
     from rare_objects.backends.captioning import make_captioner
-    from rare_objects.runtime.models import resolve_device
+    from rare_objects.runtime.devices import resolve_device
 
     tiny = Path(args.vlm) if args.vlm and args.vlm != "qwen2-vl-2b" else find_demo_vlm()
     if tiny is None:

@@ -109,9 +109,9 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from rare_objects.backends.embedders import open_clip as open_clip_embedder
     from rare_objects.demo.scenes import generate_scenes
     from rare_objects.io import images
-    from rare_objects.runtime import models
 
     print(f"machine: {machine()}")
     cache = Path(os.environ.get("RARE_OBJECTS_TEST_CACHE", REPO / "tests" / ".cache"))
@@ -125,13 +125,15 @@ def main() -> None:
 
         demo_ckpt = cache / "models" / "clip-tiny.pt"
         if demo_ckpt.exists():
-            demo = models.load_clip(models.DEMO_CLIP_NAME, str(demo_ckpt), "cpu")
+            demo = open_clip_embedder.load_clip(
+                open_clip_embedder.DEMO_CLIP_NAME, str(demo_ckpt), "cpu"
+            )
             print(summary(f"demo crops, {demo.identity}", compare(demo, pil, gt_boxes)))
         else:
             print(f"demo crops: {demo_ckpt} not found (build the test cache first)")
 
         torch.manual_seed(0)
-        vit = models.load_clip("ViT-B-32", None, "cpu")
+        vit = open_clip_embedder.load_clip("ViT-B-32", None, "cpu")
         rng = np.random.default_rng(args.seed)
         per_image = max(1, args.random_crops // len(pil))
         random_boxes = []

@@ -15,6 +15,7 @@ that it still yields boxes to embed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -60,15 +61,15 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from rare_objects.backends.object_detectors import ultralytics_yolo
     from rare_objects.demo.scenes import generate_scenes
     from rare_objects.io import images, sources
-    from rare_objects.runtime import models
+    from rare_objects.runtime import devices
     from rare_objects.runtime.config import defaults as config_defaults
-    from rare_objects.stages import detection
     from rare_objects.stages.detection import DetectSettings, detect_images
     from rare_objects.stages.embedding import embed_objects
 
-    device = models.resolve_device(args.device)
+    device = devices.resolve_device(args.device)
     half = device.startswith("cuda")
     detector_path = args.detector or str(find_demo_model("detector.pt"))
     random_detector = detector_path.endswith(".yaml")
@@ -77,11 +78,14 @@ def main() -> None:
 
         detector = YOLO(detector_path, task="detect")
     else:
-        detector = models.load_detector(detector_path)
+        detector = ultralytics_yolo.load_detector(detector_path)
+    from rare_objects.backends.embedders import open_clip as open_clip_embedder
+
     if args.clip == "demo":
-        clip = models.load_clip(models.DEMO_CLIP_NAME, str(find_demo_model("clip-tiny.pt")), device)
+        demo_clip = str(find_demo_model("clip-tiny.pt"))
+        clip = open_clip_embedder.load_clip(open_clip_embedder.DEMO_CLIP_NAME, demo_clip, device)
     else:
-        clip = models.load_clip(args.clip, None, device)
+        clip = open_clip_embedder.load_clip(args.clip, None, device)
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_scenes(tmp, n_images=args.images, seed=123, folders=1)
@@ -100,11 +104,11 @@ def main() -> None:
             "conf": 1e-9 if random_detector else config_defaults()["detector"]["conf"],
             "batch_size": args.detect_batch,
         }
-        settings = DetectSettings.from_config(detector_cfg, device)
-        settings.half = half
+        settings = dataclasses.replace(DetectSettings.from_config(detector_cfg, device), half=half)
+        stage_detector = ultralytics_yolo.UltralyticsDetector(detector, settings)
         # Warm-up: first calls build kernels and caches that neither side should pay.
         detect_images(
-            manifest.head(args.detect_batch), detector, settings, loader_workers=args.workers
+            manifest.head(args.detect_batch), stage_detector, settings, loader_workers=args.workers
         )
 
         stage_times, floor_times, predictor_times = [], [], []
@@ -112,15 +116,18 @@ def main() -> None:
             synchronize(device)
             start = time.perf_counter()
             detections, _, _ = detect_images(
-                manifest, detector, settings, loader_workers=args.workers
+                manifest, stage_detector, settings, loader_workers=args.workers
             )
             synchronize(device)
             stage_times.append(time.perf_counter() - start)
             # The stage as it was before the batched path: every batch through model.predict.
-            with mock.patch.object(detection.BatchedDetector, "for_model", return_value=None):
+            with mock.patch.object(
+                ultralytics_yolo.BatchedDetector, "for_model", return_value=None
+            ):
+                predictor = ultralytics_yolo.UltralyticsDetector(detector, settings)
                 synchronize(device)
                 start = time.perf_counter()
-                detect_images(manifest, detector, settings, loader_workers=args.workers)
+                detect_images(manifest, predictor, settings, loader_workers=args.workers)
                 synchronize(device)
                 predictor_times.append(time.perf_counter() - start)
             decoded = [

@@ -38,8 +38,9 @@ rule analyse_concepts:
     threads: 2
     params:
         concepts=config["concepts"],
-        clip_model=CLIP_MODEL,
-        clip_pretrained=CLIP_PRETRAINED,
+        # what the embedder loads, for its text tower (rare_objects.backends.text_encoders)
+        embedder_model=EMBEDDER_MODEL,
+        embedder_weights=EMBEDDER_WEIGHTS,
         device=config["device"],
     script:
         "../scripts/analyse_concepts.py"

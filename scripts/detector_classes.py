@@ -6,13 +6,16 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
+from rare_objects.backends import object_detectors  # noqa: E402
 from rare_objects.io import atomic  # noqa: E402
-from rare_objects.runtime import models  # noqa: E402
 
-names = models.detector_classes(models.load_detector(snakemake.input.weights))
+# the settings that change the vocabulary are the params (the model files are the inputs)
+settings = {**snakemake.config["detector"], **dict(snakemake.params.items())}
+backend = object_detectors.get(settings["backend"])
+names = backend.classes(settings)
 atomic.write_text(
     snakemake.output[0],
     json.dumps({str(i): name for i, name in sorted(names.items())}, ensure_ascii=False, indent=1)
     + "\n",
 )
-log.info("detector %s: %d classes", snakemake.input.weights, len(names))
+log.info("%s detector %s: %d classes", backend.name, snakemake.input[0], len(names))

@@ -1,4 +1,4 @@
-"""Rule embed: open_clip embeddings of one shard's objects."""
+"""Rule embed: image embeddings of one shard's objects (rare_objects.backends.embedders)."""
 
 import pandas as pd
 
@@ -6,42 +6,38 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
+from rare_objects.backends import embedders  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
-from rare_objects.runtime import models  # noqa: E402
 from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 from rare_objects.stages.embedding import embed_objects  # noqa: E402
 
+# The chosen family's settings, resolved as the rule's params were (model, pretrained).
+settings = embedders.settings(snakemake.config)
+family = embedders.get(settings["backend"])
 # the params plus the speed-only keys (batch_size, loader_workers), read untracked
 embedder = rule_section(snakemake, "embedder")
 image_cfg = rule_section(snakemake, "images")
-clip = models.load_clip(
-    snakemake.params.model,
-    snakemake.params.pretrained,
-    snakemake.params.device,
-    embedder["precision"],
-)
+model = family.load(settings, snakemake.params.device, embedder["precision"])
 detections = pd.read_parquet(snakemake.input.detections)
 log.info(
     "shard %s: %d objects, model %s on %s",
     snakemake.wildcards.shard,
     len(detections),
-    clip.identity,
-    clip.device,
+    model.identity,
+    model.device,
 )
 
 table = embed_objects(
     detections,
-    clip,
+    model,
     batch_size=embedder["batch_size"],
-    open_image=lambda p: images.open_rgb(
-        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
-    ),
+    open_image=images.opener(image_cfg),
     loader_workers=image_cfg["loader_workers"],
 )
 schemas.write_table(
     table,
-    schemas.embeddings_schema(clip.dim),
+    schemas.embeddings_schema(model.dim),
     snakemake.output[0],
-    {"embedding_model": clip.identity, "dim": clip.dim},
+    {"embedding_model": model.identity, "dim": model.dim},
 )
 log.info("shard %s: %d embeddings written", snakemake.wildcards.shard, table.num_rows)

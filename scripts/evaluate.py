@@ -19,13 +19,7 @@ settings = snakemake.params.evaluation
 key = sample_column(snakemake.params.input_kind)
 truth_stats = json.loads(open(snakemake.input.truth_stats, encoding="utf-8").read())
 truth = pd.read_parquet(snakemake.input.truth)
-images = pd.concat(
-    [
-        pd.read_parquet(p, columns=list({"image_path", "status", key}))
-        for p in snakemake.input.images
-    ],
-    ignore_index=True,
-)
+images = schemas.read_parts(snakemake.input.images, list({"image_path", "status", key}))
 tables = stage.read_tables(
     snakemake.input.outliers,
     snakemake.input.selection,

@@ -8,18 +8,13 @@ from rare_objects.runtime import start_rule
 log = start_rule(snakemake)
 
 from rare_objects.io import schemas  # noqa: E402
-from rare_objects.io.embeddings import read_embedding_matrix  # noqa: E402
-from rare_objects.stages.outliers import class_aware_outliers  # noqa: E402
+from rare_objects.stages.outliers import class_aware_outliers, read_objects  # noqa: E402
 
 outliers = snakemake.params.outliers
-ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
-classes = pd.concat(
-    [pd.read_parquet(p, columns=["object_id", "class_name"]) for p in snakemake.input.detections],
-    ignore_index=True,
-).set_index("object_id")["class_name"]
-frame = pd.DataFrame(
-    {"object_id": ids["object_id"].to_numpy(), "class_name": classes.reindex(ids["object_id"])}
+object_ids, matrix, class_names = read_objects(
+    snakemake.input.embeddings, snakemake.input.detections
 )
+frame = pd.DataFrame({"object_id": object_ids, "class_name": class_names})
 for name in snakemake.params.detectors:
     found = class_aware_outliers(
         matrix,

@@ -7,7 +7,7 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.io import images  # noqa: E402
+from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.report import explorer  # noqa: E402
 from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 
@@ -15,10 +15,7 @@ settings = snakemake.params.explorer
 image_cfg = rule_section(snakemake, "images")  # loader_workers read untracked
 projection = pd.read_parquet(snakemake.input.projection)
 total = int(pq.read_schema(snakemake.input.projection).metadata[b"total_objects"])
-captions = pd.concat(
-    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions],
-    ignore_index=True,
-)
+captions = schemas.read_parts(snakemake.input.captions, ["object_id", "description"])
 concepts = pd.read_parquet(
     snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"]
 )
@@ -31,9 +28,7 @@ points = explorer.build_explorer(
     snakemake.params.targets,
     snakemake.output.html,
     snakemake.output.sprites,
-    open_image=lambda p: images.open_rgb(
-        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
-    ),
+    open_image=images.opener(image_cfg),
     total_objects=total,
     thumbnail_size=settings["thumbnail_size"],
     per_sheet=settings["thumbnails_per_sheet"],

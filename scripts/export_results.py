@@ -1,10 +1,7 @@
 """Rule export_results: detection_results.json, statistics.json, coco_detections.json and the results tree."""
 
-import functools
 import json
 from pathlib import Path
-
-import pandas as pd
 
 from rare_objects.runtime import start_rule
 
@@ -15,7 +12,8 @@ from rare_objects.export.json_writers import ResultsWriter, target_results_write
 from rare_objects.export.rows import read_object_tables  # noqa: E402
 from rare_objects.export.statistics import StatisticsWriter, image_counts  # noqa: E402
 from rare_objects.export.tree import TreeSettings, TreeWriter  # noqa: E402
-from rare_objects.io import atomic, images  # noqa: E402
+from rare_objects.io import atomic, images, schemas  # noqa: E402
+from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 
 
 def optional(name):
@@ -27,7 +25,7 @@ def read_json(path):
 
 
 targets = snakemake.params.targets
-image_cfg = snakemake.params.images
+image_cfg = rule_section(snakemake, "images")  # loader_workers read untracked
 export_cfg = snakemake.params.export
 tree_settings = TreeSettings.from_config(
     export_cfg, snakemake.params.max_images, snakemake.params.seed
@@ -36,7 +34,7 @@ log.info("results tree: %s", tree_settings)
 tables = read_object_tables(
     snakemake.input.outliers, optional("selection"), optional("captions"), optional("concepts")
 )
-rejects = pd.concat([pd.read_parquet(p) for p in snakemake.input.rejects], ignore_index=True)
+rejects = schemas.read_parts(snakemake.input.rejects)
 coco_settings = export_cfg["coco"]
 coco_writer = coco.CocoWriter(
     snakemake.output.coco,
@@ -67,9 +65,8 @@ n_objects = export_shards(
             Path(snakemake.output.results).parent,
             targets,
             tree_settings,
-            open_image=functools.partial(
-                images.open_rgb, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
-            ),
+            open_image=images.opener(image_cfg),
+            workers=image_cfg["loader_workers"],
         ),
         ResultsWriter(snakemake.output.results),
         *target_results_writers(targets, snakemake.output.target_results),

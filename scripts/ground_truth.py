@@ -2,8 +2,6 @@
 
 import json
 
-import pandas as pd
-
 from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
@@ -12,10 +10,7 @@ from rare_objects.evaluation import ground_truth  # noqa: E402
 from rare_objects.io import atomic, schemas  # noqa: E402
 
 settings = snakemake.params.evaluation
-images = pd.concat(
-    [pd.read_parquet(p, columns=["image_path"]) for p in snakemake.input.images],
-    ignore_index=True,
-)
+images = schemas.read_parts(snakemake.input.images, ["image_path"])
 image_paths = images["image_path"].tolist()
 truth, source_stats = ground_truth.load(settings, snakemake.params.input, image_paths)
 categories = set(truth["category"]) | set(source_stats.pop("category_names", []))

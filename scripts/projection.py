@@ -1,4 +1,5 @@
-"""Rule projection: the explorer's map, the 2-D t-SNE or UMAP of the shown objects."""
+"""Rule projection: the map of the embeddings (the explorer's and tsne.png), the 2-D t-SNE or UMAP
+of the shown objects."""
 
 import pandas as pd
 

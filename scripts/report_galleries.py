@@ -6,16 +6,13 @@ from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
 
-from rare_objects.io import atomic, images  # noqa: E402
+from rare_objects.io import atomic, images, schemas  # noqa: E402
 from rare_objects.report import gallery  # noqa: E402
 from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
 
 settings = snakemake.params.report
 image_cfg = rule_section(snakemake, "images")  # loader_workers read untracked
-captions = pd.concat(
-    [pd.read_parquet(p, columns=["object_id", "description"]) for p in snakemake.input.captions],
-    ignore_index=True,
-)
+captions = schemas.read_parts(snakemake.input.captions, ["object_id", "description"])
 concepts = pd.read_parquet(
     snakemake.input.concepts, columns=["object_id", "top_concept", "is_final_outlier"]
 )
@@ -34,13 +31,11 @@ gallery.write_galleries(
         "targets": snakemake.output.targets,
     },
     snakemake.output.index,
-    open_image=lambda p: images.open_rgb(
-        p, max_pixels=image_cfg["max_pixels"], min_side=image_cfg["min_side"]
-    ),
+    open_image=images.opener(image_cfg),
     crop_size=settings["crop_size"],
     workers=image_cfg["loader_workers"],
 )
-rejects = pd.concat([pd.read_parquet(p) for p in snakemake.input.rejects], ignore_index=True)
+rejects = schemas.read_parts(snakemake.input.rejects)
 sections, note = gallery.rejected_frames(rejects, settings["max_rejected_per_reason"])
 atomic.write_text(snakemake.output.rejected, gallery.html_tables("Rejected images", sections, note))
 log.info("%d rejected images tabled", len(rejects))

@@ -12,9 +12,7 @@ from rare_objects.stages.selection import select_objects  # noqa: E402
 
 ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
 columns = ["object_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
-boxes = pd.concat(
-    [pd.read_parquet(p, columns=columns) for p in snakemake.input.detections], ignore_index=True
-)
+boxes = schemas.read_parts(snakemake.input.detections, columns)
 flags = pd.read_parquet(
     snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "score_global"]
 )

@@ -59,7 +59,7 @@ def workflow_config(results: Path, images: Path, models: Path, **sections) -> di
         "detector": {"weights": str(models / "detector.pt"), "batch_size": 4, "imgsz": 320},
         "embedder": {"preset": "demo", "batch_size": 32},
         "outliers": {"n_neighbors": 10, "contamination": 0.1, "min_samples": 10},
-        "tsne": {"max_points": 500},
+        "projection": {"max_points": 500},
         "selection": {"similarity_threshold": 0.98, "max_per_cluster": 2},
         "captions": {
             "backend": "transformers",

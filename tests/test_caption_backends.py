@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from rare_objects.backends import captioning
-from rare_objects.runtime import config, models
+from rare_objects.runtime import config, devices, models
 from tests.conftest import run_snakemake, workflow_config
 
 
@@ -95,16 +95,16 @@ def test_settings_get_the_schema_defaults_and_are_checked():
 def test_one_dtype_rule_for_every_model(monkeypatch):
     import torch
 
-    assert models.resolve_dtype("auto", "cpu") is torch.float32
-    assert models.resolve_dtype("auto", "cpu", gpu_auto="bf16") is torch.float32
-    assert models.resolve_dtype("auto", "cuda") is torch.float16  # open_clip's
-    assert models.resolve_dtype("bf16", "cpu") is torch.bfloat16  # asked for: given
+    assert devices.resolve_dtype("auto", "cpu") is torch.float32
+    assert devices.resolve_dtype("auto", "cpu", gpu_auto="bf16") is torch.float32
+    assert devices.resolve_dtype("auto", "cuda") is torch.float16  # open_clip's
+    assert devices.resolve_dtype("bf16", "cpu") is torch.bfloat16  # asked for: given
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert models.resolve_dtype("auto", "cuda:0", gpu_auto="bf16") is torch.bfloat16  # Qwen2-VL's
+    assert devices.resolve_dtype("auto", "cuda:0", gpu_auto="bf16") is torch.bfloat16  # Qwen2-VL's
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert models.resolve_dtype("auto", "cuda:0", gpu_auto="bf16") is torch.float16
+    assert devices.resolve_dtype("auto", "cuda:0", gpu_auto="bf16") is torch.float16
     with pytest.raises(ValueError, match="unknown precision"):
-        models.resolve_dtype("int8", "cpu")
+        devices.resolve_dtype("int8", "cpu")
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):

@@ -7,11 +7,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from rare_objects.backends.text_encoders.sentence_transformers import bundled_minilm_dir
 from rare_objects.io.schemas import CONCEPTS, write_table
 from rare_objects.runtime import offline
 from rare_objects.stages.concepts import (
     analyse_captions,
-    bundled_minilm_dir,
     concept_text,
     similarity_to_probabilities,
 )
@@ -35,7 +35,9 @@ COMMON = ["car", "truck", "bus", "pedestrian", "traffic_cone", "barrier"]
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     offline.configure(tmp_path_factory.mktemp("cache"))
-    from rare_objects.stages.concepts import SentenceTransformerEncoder
+    from rare_objects.backends.text_encoders.sentence_transformers import (
+        SentenceTransformerEncoder,
+    )
 
     return SentenceTransformerEncoder()  # the bundled MiniLM
 

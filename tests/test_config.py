@@ -52,8 +52,9 @@ def test_bundled_config_is_valid():
         ({"input": {"shard_size": 0}}, "input.shard_size: 0 is less than the minimum of 1"),
         ({"detectr": {}}, "'detectr' was unexpected"),
         ({"device": "gpu0"}, "device: 'gpu0' is not allowed"),
-        ({"embedder": {"preset": "custom"}}, "embedder.model: required"),
         ({"captions": {"backend": "claude"}}, "captions.backend: 'claude' is not allowed"),
+        ({"tsne": {"max_points": 10}}, "tsne: merged into projection"),
+        ({"tsne": {}, "detectr": {}}, "unknown sections ['detectr']"),
     ],
 )
 def test_wrong_values_name_the_key_and_what_is_allowed(patch, message):

@@ -136,7 +136,10 @@ def test_trained_vlm_build_is_deterministic(tmp_path):
 
 
 def test_concepts_rank_the_true_kind_first_for_every_caption_of_the_grammar():
-    from rare_objects.stages.concepts import SentenceTransformerEncoder, analyse_captions
+    from rare_objects.backends.text_encoders.sentence_transformers import (
+        SentenceTransformerEncoder,
+    )
+    from rare_objects.stages.concepts import analyse_captions
 
     settings = DEMO_CONFIG["concepts"]
     assert settings["text_encoder"] == "minilm"  # the bundled MiniLM, as the workflow loads it

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
+from rare_objects.neighbors.search import AnnParams, normalised
 from rare_objects.stages.diversity import (
     CLUSTER_CAP,
     KEPT,
@@ -11,7 +12,6 @@ from rare_objects.stages.diversity import (
     diversity_filter,
     similarity_clusters,
 )
-from rare_objects.stages.neighbors import AnnParams, normalised
 
 
 def brute_force_diversity(X, priority, threshold, max_per_cluster):

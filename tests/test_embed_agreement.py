@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from rare_objects.backends import embedders
 from rare_objects.demo.scenes import generate_scenes
 from rare_objects.io import images
-from rare_objects.runtime import models
 
 
 def test_demo_embeddings_agree_with_open_clip_preprocessing(demo_models, tmp_path):
-    clip = models.load_clip(models.DEMO_CLIP_NAME, str(demo_models / "clip-tiny.pt"), "cpu")
+    clip = embedders.load({"preset": "demo"}, "cpu", demo_models_dir=demo_models)
     assert clip._tensor_steps is not None  # the batched (roi_align) path runs
     truth = generate_scenes(tmp_path, n_images=12, seed=5, folders=1)
     fast, reference = [], []

@@ -179,8 +179,9 @@ def collect_imports(script: Path, package_root: Path, package: str = PACKAGE) ->
         seen.add(path)
         text = path.read_text()
         tree = ast.parse(text, filename=str(path))
-        if path.name == "__init__.py" and "iter_modules(__path__)" in text:
-            # A registry that imports every module of its package (the caption backends).
+        if path.name == "__init__.py" and ("iter_modules(__path__)" in text or "Registry(" in text):
+            # A registry that imports every module of its package (rare_objects.backends.*:
+            # the shared Registry imports them all when one is looked up).
             todo.extend(sorted(path.parent.glob("*.py")))
         in_package = package_root in path.parents and path != script
         current = _module_name(package_root, path) if in_package else ""

@@ -591,3 +591,33 @@ def test_prefetch_with_open_rgb_over_the_corpus(corpus):
         outcome = item.reason if isinstance(item, ImageRejected) else "ok"
         assert path == folder / names[index]
         assert outcome == expected[names[index]]
+
+
+# --------------------------------------------------------------------------- image rows
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_rows_decode_each_image_once_for_all_its_rows(workers):
+    paths = ["b", "a", "b", "c", "a", "b"]
+    opener = CountingOpen(reject={"c"})
+    got = list(images.iter_image_rows(paths, opener, workers=workers))
+    assert [(path, rows) for path, _, rows in got] == [
+        ("b", [0, 2, 5]),
+        ("a", [1, 4]),
+        ("c", [3]),
+    ]  # in the order of each image's first row; rows in order
+    assert [item for _, item, _ in got][:2] == ["image of b", "image of a"]
+    assert isinstance(got[2][1], ImageRejected)  # in place of the image, for all its rows
+    assert opener.started == 3
+
+
+def test_image_rows_sorted_and_with_a_wider_catch():
+    opener = CountingOpen(fail={"a"})
+    got = list(
+        images.iter_image_rows(
+            ["c", "a", "b", "c"], opener, sort=True, catch=(ImageRejected, RuntimeError)
+        )
+    )
+    assert [(path, rows) for path, _, rows in got] == [("a", [1]), ("b", [2]), ("c", [0, 3])]
+    assert isinstance(got[0][1], RuntimeError)
+    assert list(images.iter_image_rows([], opener)) == []

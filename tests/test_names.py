@@ -93,3 +93,81 @@ def test_the_schema_takes_any_printable_target_name_and_refuses_empty_ones():
         validate(_config_with_targets({"": ["car"]}))
     with pytest.raises(ConfigError, match=r"targets: 'a\\nb' does not match"):
         validate(_config_with_targets({"a\nb": ["car"]}))
+
+
+# --------------------------------------------------------------------------- one rule, two uses
+# safe_name and sources.shard_slug were two sanitisers; now shard_slug is safe_name with its
+# keywords. Their former code, kept here, must give the same names for every input: shard
+# names are in output paths (tables/detections/{shard}.parquet) and file names in the tree.
+
+
+def _former_safe_name(value, max_len: int = 48) -> str:
+    import hashlib
+
+    text = str(value)
+    if is_safe(text, max_len):
+        return text
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).lstrip(".")[:max_len] or "_"
+    if cleaned.split(".")[0].upper() in WINDOWS_RESERVED:
+        cleaned = "_" + cleaned[: max_len - 1]
+    return f"{cleaned}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _former_shard_slug(group: str) -> str:
+    import hashlib
+
+    unsafe = re.compile(r"[^A-Za-z0-9._-]+")
+    slug = "+".join(unsafe.sub("_", part) for part in group.split("/")) if group else "root"
+    if slug != group:
+        slug = f"{slug}~{hashlib.sha1(group.encode('utf-8')).hexdigest()[:6]}"
+    return slug
+
+
+def _names_to_compare() -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    alphabet = "aZ09._-+~/ :\\é€ショ" + "\t"
+    drawn = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 70))) for _ in range(3000)]
+    usual = [
+        "",
+        "scene-0001",
+        "scene-0061",
+        "scene-1100",
+        "cam_front",
+        "scene-0001/CAM_FRONT",
+        "a/b",
+        "a//b",
+        "/a",
+        "a/",
+        "..",
+        "...",
+        ".hidden/x",
+        "scene 1/cam",
+        "a+b",
+        "n008-2018-08-01-15-16-36-0400__CAM_FRONT",
+        "samples/CAM_FRONT",
+        "truck",
+        "construction_vehicle",
+        "NUL",
+        "nul.txt",
+        "COM1.x/y",
+    ]
+    return usual + HOSTILE + drawn
+
+
+def test_safe_name_is_the_former_rule_for_every_input():
+    for value in _names_to_compare():
+        for max_len in (48, 64, 100, 128):
+            assert safe_name(value, max_len) == _former_safe_name(value, max_len), value
+
+
+def test_shard_slug_is_the_former_rule_for_every_input():
+    from rare_objects.io.sources import shard_slug
+
+    for value in _names_to_compare():
+        assert shard_slug(value) == _former_shard_slug(value), value
+    # the demo's and nuScenes' scene names, and folders below an input root, as they were
+    assert shard_slug("scene-0001") == "scene-0001"
+    assert shard_slug("") == "root~da39a3"
+    assert shard_slug("a/b").startswith("a+b~")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from rare_objects.stages.neighbors import (
+from rare_objects.neighbors.search import (
     AnnParams,
     approximate_knn,
     exact_knn,

@@ -13,8 +13,9 @@ from sklearn.neighbors import LocalOutlierFactor
 from rare_objects.backends import outlier_detectors
 from rare_objects.backends.outlier_detectors import isolation_forest, lof
 from rare_objects.io import schemas
+from rare_objects.neighbors import search as neighbors
 from rare_objects.runtime.config import defaults, load_schema
-from rare_objects.stages import neighbors, selection
+from rare_objects.stages import selection
 from rare_objects.stages.diversity import diversity_filter
 from rare_objects.stages.outliers import OUTLIER_COLUMNS, class_aware_outliers
 from tests.test_outliers import blobs

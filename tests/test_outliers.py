@@ -13,9 +13,9 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from rare_objects.backends.outlier_detectors.lof import lof_flags
 from rare_objects.io import schemas
-from rare_objects.report.tsne import plot_tsne, subsample_indices
+from rare_objects.neighbors.search import DEFAULT_EXACT_MAX, AnnParams
+from rare_objects.report.tsne import draw_map, tsne_coordinates
 from rare_objects.runtime.config import defaults
-from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX, AnnParams
 from rare_objects.stages.outliers import OUTLIER_COLUMNS, class_aware_outliers
 from tests.test_neighbors import clustered
 
@@ -166,28 +166,19 @@ def test_class_aware_small_and_empty():
 # ----------------------------------------------------------------------------- t-SNE
 
 
-def test_subsample_keeps_outliers_and_is_deterministic():
-    names = np.array(["car"] * 900 + ["bus"] * 90 + ["cow"] * 10, dtype=object)
-    out = np.zeros(1000, bool)
-    out[::50] = True
-    rows = subsample_indices(names, out, 100, seed=1)
-    assert len(rows) == 100 and out[rows].sum() == out.sum()
-    assert set(names[rows]) == {"car", "bus", "cow"}
-    np.testing.assert_array_equal(rows, subsample_indices(names, out, 100, seed=1))
-    many = subsample_indices(names, np.ones(1000, bool), 30, seed=0)
-    assert len(many) == 30 and set(names[many]) == {"car", "bus", "cow"}
-
-
 @pytest.mark.parametrize("n,classes", [(1, 1), (2, 1), (7, 2), (60, 3)])
-def test_plot_tsne_small_inputs(tmp_path, n, classes):
+def test_tsne_map_of_small_inputs(tmp_path, n, classes):
     X = blobs(n=max(n, 3), outliers=1)[:n]
-    names = np.array([f"c{i % classes}" for i in range(n)], dtype=object)
-    out = np.zeros(n, bool)
-    out[0] = True
+    coords = tsne_coordinates(X, perplexity=30, seed=0, threads=1)
+    assert coords.shape == (n, 2) and np.isfinite(coords).all()
+    frame = pd.DataFrame(
+        {
+            "class_name": [f"c{i % classes}" for i in range(n)],
+            "is_outlier": np.arange(n) == 0,
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+        }
+    )
     png = tmp_path / "t.png"
-    coords = plot_tsne(X, names, out, png, max_points=50, perplexity=30, seed=0, threads=1)
-    assert png.stat().st_size > 0
-    assert len(coords) == min(n, 50)
-    assert coords["is_outlier"].sum() == 1
-    assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
-    assert isinstance(coords, pd.DataFrame)
+    draw_map(frame, png, "t-SNE of object embeddings", total_objects=n)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

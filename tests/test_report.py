@@ -392,6 +392,29 @@ def test_explorer_frame_flags_and_fields(run):
     assert frame["caption"].notna().sum() == len(run["captions"])
 
 
+def test_one_flag_precedence_for_the_map_and_the_explorer():
+    from rare_objects.report.shown_objects import final_outlier_mask, first_flag
+
+    final = [True, True, False, False, False]
+    outlier = [True, False, True, False, False]
+    target = [True, True, True, True, False]
+    assert first_flag(final, outlier, target, explorer.FLAGS).tolist() == [
+        "final outlier",
+        "final outlier",
+        "outlier",
+        "target match",
+        "other",
+    ]
+    reasons = projection.shown_reasons(final, outlier, target)
+    assert reasons.dtype == object
+    assert reasons.tolist() == ["final_outlier", "final_outlier", "outlier", "target", "sample"]
+    concepts = pd.DataFrame({"object_id": ["a", "b", "c"], "is_final_outlier": [True, None, False]})
+    mask = final_outlier_mask(concepts, ["c", "x", "a", "b"])
+    assert mask.tolist() == [False, False, True, False]
+    assert final_outlier_mask(None, ["a", "b"]).tolist() == [False, False]
+    assert final_outlier_mask(concepts.iloc[:0], ["a"]).tolist() == [False]
+
+
 def test_object_rows_streams_and_keeps_only_the_wanted(run):
     wanted = run["objects"]["object_id"].iloc[[3, 40, 77]].tolist()
     rows = object_rows(run["detections"], wanted, ["object_id", "image_path"])

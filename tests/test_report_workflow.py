@@ -56,7 +56,6 @@ def test_report_holds_the_overview_tables_and_maps(report):
         "statistics.html",
         "timing.html",
         "tsne.png",
-        "projection.png",
         "rejected_images.html",
     ):
         assert name in by_name, sorted(by_name)

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.workflow
 VIEWS = {"projection", "explorer", "report_galleries", "report_overview"}
 DOWNSTREAM_OF_OUTLIERS = {
     "outliers",
-    "tsne_plot",
     "select_objects",
     "caption",
     "analyse_concepts",
@@ -124,6 +123,14 @@ def test_changing_the_diversity_threshold_keeps_detect_embed_and_lof(workflow_ru
     assert not {"detect", "embed", "outliers"} & set(planned)
 
 
+def test_a_map_setting_reruns_the_one_projection_behind_tsne_png_and_the_explorer(workflow_run):
+    workdir, config = workflow_run
+    planned = planned_jobs(workdir, _set(config, ("projection", "perplexity"), 12))
+    # one job projects the embeddings; it writes tsne.png and the explorer's table
+    assert set(planned) == {"projection", "explorer", "write_timing", "report_overview", "all"}
+    assert planned["projection"] == 1
+
+
 def test_editing_a_rule_script_reruns_that_rule(workflow_run, tmp_path):
     workdir, config = workflow_run
     copy = tmp_path / "workflow"
@@ -133,12 +140,12 @@ def test_editing_a_rule_script_reruns_that_rule(workflow_run, tmp_path):
         (shutil.copytree if source.is_dir() else shutil.copyfile)(source, copy / name)
     snakefile = str(copy / "Snakefile")
     assert planned_jobs(workdir, config, "--snakefile", snakefile) == {}
-    script = copy / "scripts" / "tsne_plot.py"
+    script = copy / "scripts" / "projection.py"
     script.write_text(script.read_text() + "\n# a change\n")
     planned = planned_jobs(workdir, config, "--snakefile", snakefile)
-    # timing.txt and the report's timing table are built from every rule's benchmark file,
-    # so they follow any rerun
-    assert set(planned) == {"tsne_plot", "write_timing", "report_overview", "all"}
+    # the explorer reads the map's table; timing.txt and the report's timing table are built
+    # from every rule's benchmark file, so they follow any rerun
+    assert set(planned) == {"projection", "explorer", "write_timing", "report_overview", "all"}
 
 
 # --- settings that change only speed rerun nothing; settings that change results do ---

@@ -38,3 +38,41 @@ def test_detector_settings_come_from_the_schema_and_the_precision_rule():
     assert (on_cpu.conf, on_cpu.iou, on_cpu.max_det, on_cpu.max_objects) == (0.25, 0.5, 100, 50)
     assert on_cpu.max_side == 1280 and not on_cpu.half
     assert DetectSettings.from_config(section, "cuda:1").half  # fp16 on a GPU, as open_clip
+
+
+def _machine(monkeypatch, nvidia_smi: bool, device_nodes: bool, visible: str | None):
+    """A machine as rare_objects.runtime.devices sees it at parse time."""
+    from rare_objects.runtime import devices
+
+    monkeypatch.setattr(
+        devices.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if nvidia_smi else None
+    )
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: ["/dev/nvidia0"] * device_nodes)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    return devices
+
+
+def test_auto_is_a_gpu_when_one_is_visible_at_parse_time_and_in_the_job(monkeypatch):
+    import torch
+
+    for nvidia_smi, nodes, visible, expected in [
+        (True, True, None, True),
+        (True, False, None, True),  # the driver's nvidia-smi says there is a GPU
+        (False, True, "0", True),  # a container given a GPU without nvidia-smi
+        (False, False, None, False),
+        (True, True, "", False),  # CUDA_VISIBLE_DEVICES hides every GPU
+        (True, True, "-1", False),
+    ]:
+        devices = _machine(monkeypatch, nvidia_smi, nodes, visible)
+        assert devices.gpu_visible() is expected
+        assert devices.uses_gpu("auto") is expected
+        assert devices.uses_gpu("cpu") is False and devices.uses_gpu("cuda:1") is True
+        # the job follows the same rule: no GPU that the parse did not reserve
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert devices.resolve_device("auto") == ("cuda" if expected else "cpu")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert devices.resolve_device("auto") == "cpu"  # reserved, but torch has no CUDA
+        assert devices.resolve_device("cpu") == "cpu"

@@ -35,7 +35,7 @@ WORKFLOW_RULES = {
     "detect",
     "embed",
     "outliers",
-    "tsne_plot",
+    "projection",
     "select_objects",
     "caption",
     "analyse_concepts",

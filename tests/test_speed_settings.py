@@ -24,9 +24,9 @@ from tests.conftest import CACHE
 
 offline.configure(CACHE / "libs")
 
+from rare_objects.backends.object_detectors import ultralytics_yolo  # noqa: E402
 from rare_objects.runtime import config as config_checks  # noqa: E402
-from rare_objects.runtime import models, speed_settings  # noqa: E402
-from rare_objects.stages import detection  # noqa: E402
+from rare_objects.runtime import speed_settings  # noqa: E402
 from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
 from rare_objects.stages.embedding import embed_objects  # noqa: E402
 
@@ -102,12 +102,14 @@ def mixed_images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector(demo_models):
-    return models.load_detector(demo_models / "detector.pt")
+    return ultralytics_yolo.load_detector(demo_models / "detector.pt")
 
 
 @pytest.fixture(scope="module")
 def clip(demo_models):
-    return models.load_clip(models.DEMO_CLIP_NAME, str(demo_models / "clip-tiny.pt"), "cpu")
+    from rare_objects.backends import embedders
+
+    return embedders.load({"preset": "demo"}, "cpu", demo_models_dir=demo_models)
 
 
 def _detect(manifest, model, batch_size, loader_workers):
@@ -120,7 +122,8 @@ def _detect(manifest, model, batch_size, loader_workers):
         },
         "cpu",
     )
-    return detect_images(manifest, model, settings, loader_workers=loader_workers)
+    detector = ultralytics_yolo.UltralyticsDetector(model, settings)
+    return detect_images(manifest, detector, settings, loader_workers=loader_workers)
 
 
 FLOATS = ["x1", "y1", "x2", "y2", "confidence"]
@@ -159,7 +162,7 @@ def test_the_predict_path_runs_each_size_alone(mixed_images, detector, monkeypat
     """Models without the batched path (exported formats, end-to-end models) go through
     ultralytics' predict, one call per image size: a mixed batch in one call would be
     letterboxed to a full square and give other boxes."""
-    monkeypatch.setattr(detection.BatchedDetector, "for_model", classmethod(lambda *_: None))
+    monkeypatch.setattr(ultralytics_yolo.BatchedDetector, "for_model", classmethod(lambda *_: None))
     expected = _detect(mixed_images, detector, 1, 0)
     assert len(expected[0]) > 40
     for batch_size, workers in [(4, 2), (18, 0)]:

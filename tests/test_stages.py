@@ -17,11 +17,15 @@ from tests.test_workflow import RESULT_FIELDS
 
 offline.configure(CACHE / "libs")
 
+from rare_objects.backends.embedders import open_clip as open_clip_embedder  # noqa: E402
+from rare_objects.backends.object_detectors.ultralytics_yolo import (  # noqa: E402
+    BatchedDetector,
+    UltralyticsDetector,
+)
 from rare_objects.export import json_writers, rows, tree  # noqa: E402
 from rare_objects.export.statistics import ObjectCounts  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.report import timing  # noqa: E402
-from rare_objects.runtime import models  # noqa: E402
 from rare_objects.runtime.config import defaults as config_defaults  # noqa: E402
 from rare_objects.stages import selection  # noqa: E402
 from rare_objects.stages.detection import DetectSettings, detect_images  # noqa: E402
@@ -46,11 +50,11 @@ def random_detector():
 def clip(tmp_path_factory):
     import open_clip
 
-    open_clip.add_model_config(models.MODEL_CONFIG_DIR)
+    open_clip.add_model_config(open_clip_embedder.MODEL_CONFIG_DIR)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clip") / "clip.pt"
-    torch.save(open_clip.create_model(models.DEMO_CLIP_NAME).state_dict(), path)
-    return models.load_clip(models.DEMO_CLIP_NAME, str(path), "cpu")
+    torch.save(open_clip.create_model(open_clip_embedder.DEMO_CLIP_NAME).state_dict(), path)
+    return open_clip_embedder.load_clip(open_clip_embedder.DEMO_CLIP_NAME, str(path), "cpu")
 
 
 @pytest.fixture
@@ -85,7 +89,10 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
         max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=7, batch_size=2
     )
     detections, per_image, rejects = detect_images(
-        _manifest(image_folder), random_detector, settings, loader_workers=2
+        _manifest(image_folder),
+        UltralyticsDetector(random_detector, settings),
+        settings,
+        loader_workers=2,
     )
     assert list(rejects["reason"].str.split(":").str[0]) == ["not_an_image"]
     assert (
@@ -112,8 +119,6 @@ def test_detections_are_rows_in_original_pixels(random_detector, image_folder):
 
 
 def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
-    from rare_objects.stages.detection import BatchedDetector
-
     rng = np.random.default_rng(4)
     shapes = [(200, 300)] * 3 + [(300, 200)] * 2 + [(120, 500)]
     for i, (h, w) in enumerate(shapes):
@@ -156,7 +161,9 @@ def test_batched_detection_equals_the_predictor(random_detector, tmp_path):
             n_boxes += len(expected)
     assert n_boxes > 20
     # ... and the stage's rows are those boxes, mapped back to original pixels
-    detections, _, _ = detect_images(manifest, random_detector, settings, loader_workers=2)
+    detections, _, _ = detect_images(
+        manifest, UltralyticsDetector(random_detector, settings), settings, loader_workers=2
+    )
     first = detections[detections["image_path"] == manifest["image_path"].iloc[0]]
     assert len(first) == len(found[0])
 
@@ -232,7 +239,10 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(
 ):
     settings = detect_settings(max_side=100, imgsz=96, conf=1e-9, max_det=30, max_objects=5)
     detections, _, _ = detect_images(
-        _manifest(image_folder), random_detector, settings, loader_workers=2
+        _manifest(image_folder),
+        UltralyticsDetector(random_detector, settings),
+        settings,
+        loader_workers=2,
     )
     (image_folder / "a" / "small.jpg").write_bytes(b"")  # changed after detection
     table = embed_objects(detections, clip, batch_size=3, loader_workers=2)
@@ -248,6 +258,21 @@ def test_embeddings_cover_every_object_and_record_unreadable_images(
     first = detections[~small].iloc[0]
     expected = clip.encode_images([images.crop(image, (first.x1, first.y1, first.x2, first.y2))])[0]
     assert float(vectors[0] @ expected) > 0.98
+
+
+def test_is_target_is_target_matches_as_one_membership_test():
+    from rare_objects.stages.targets import is_target, target_classes, target_matches
+
+    targets = {"construction_vehicle": ["truck", "bus"], "trailer": ["truck"], "cow": []}
+    names = pd.Series(["truck", "car", "bus", None, "cow", "trailer", "bicycle", ""])
+    matches = target_matches(names, targets)
+    np.testing.assert_array_equal(is_target(names, targets), matches.map(bool).to_numpy())
+    for target in targets:
+        np.testing.assert_array_equal(
+            is_target(names, targets, target), matches.map(lambda ts, t=target: t in ts).to_numpy()
+        )
+    assert target_classes(targets)["trailer"] == {"trailer", "truck"}
+    assert not is_target(names, {}).any()
 
 
 def test_target_matches_and_selection_reasons():

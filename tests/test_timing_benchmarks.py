@@ -28,7 +28,6 @@ def hand_written_list(results: str, shards: list[str], parts: list[str]) -> list
         *(f"{bench}/detect/{s}.tsv" for s in shards),
         *(f"{bench}/embed/{s}.tsv" for s in shards),
         f"{bench}/outliers.tsv",
-        f"{bench}/tsne_plot.tsv",
         f"{bench}/select_objects.tsv",
         *(f"{bench}/caption/part-{p}.tsv" for p in parts),
         f"{bench}/analyse_concepts.tsv",

@@ -29,15 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rare_objects.backends.embedders.open_clip import DEMO_CLIP_NAME, MODEL_CONFIG_DIR
 from rare_objects.demo import scenes as demo_scenes
 from rare_objects.io import atomic
-from rare_objects.runtime.models import MODEL_CONFIG_DIR
 from rare_objects.runtime.offline import configure
 from rare_objects.stages.concepts import concept_text
 
 log = logging.getLogger(__name__)
-
-DEMO_CLIP_NAME = "RareTiny-ViT"
 
 # The tiny detector's architecture: yolov8's layers with these compound-scaling constants.
 DETECTOR_DEPTH = 0.33

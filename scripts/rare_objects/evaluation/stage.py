@@ -20,7 +20,7 @@ import pandas as pd
 from rare_objects.evaluation import measures
 from rare_objects.evaluation.matching import match_image
 from rare_objects.io import schemas
-from rare_objects.stages.targets import target_matches
+from rare_objects.stages.targets import is_target
 
 log = logging.getLogger("rare_objects.evaluation")
 
@@ -125,8 +125,7 @@ def object_flags(
     )
     out["final_outlier"] = _lookup(ids, tables["concepts"], "is_final_outlier", False).astype(bool)
     out["target_match"] = (
-        target_matches(out["class_name"].fillna(""), targets).map(bool).to_numpy()
-        & out["detected"].to_numpy()
+        is_target(out["class_name"].fillna(""), targets) & out["detected"].to_numpy()
     )
     for entry in detector_flags.columns:
         out[f"outlier_{entry}"] = _lookup(ids, detector_flags, entry, False).astype(bool)
@@ -284,9 +283,7 @@ def read_tables(outliers, selection, captions, concepts) -> dict[str, pd.DataFra
     """The run's per-object tables that the flags come from, indexed by object_id."""
 
     def read(paths, columns):
-        paths = [paths] if isinstance(paths, str) else list(paths)
-        frames = [pd.read_parquet(p, columns=["object_id", *columns]) for p in paths]
-        return pd.concat(frames, ignore_index=True).set_index("object_id")
+        return schemas.read_parts(paths, ["object_id", *columns]).set_index("object_id")
 
     return {
         "outliers": read(outliers, ["is_outlier"]),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rare_objects.io import schemas
 from rare_objects.io.names import safe_name
 from rare_objects.stages.targets import target_matches
 
@@ -119,11 +120,7 @@ def read_object_tables(
     only the columns the export reads."""
 
     def read(paths, name):
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        columns = ["object_id", *LOOKUP_COLUMNS[name]]
-        return by_object_id(
-            pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
-        )
+        return by_object_id(schemas.read_parts(paths, ["object_id", *LOOKUP_COLUMNS[name]]))
 
     tables = {"outliers": read(outliers, "outliers")}
     for name, paths in (("selection", selection), ("captions", captions), ("concepts", concepts)):

@@ -125,12 +125,17 @@ def write_plot_file(row, path: Path) -> None:
     )
 
 
+def _no_image(path) -> None:
+    return None
+
+
 class TreeWriter:
     """The export writer of the results tree in ``out_dir`` (see the module docstring).
 
     ``open_image(path)`` decodes an original (default: :func:`rare_objects.io.images.open_rgb`
-    with its default limits); ``write_desc(row, crop_path, path)`` and ``write_plot(row, path)``
-    write a captioned object's ``_desc.txt`` and ``_probs.png``.
+    with its default limits), in ``workers`` threads ahead of the crops (0: in this thread);
+    ``write_desc(row, crop_path, path)`` and ``write_plot(row, path)`` write a captioned
+    object's ``_desc.txt`` and ``_probs.png``.
     """
 
     def __init__(
@@ -141,6 +146,7 @@ class TreeWriter:
         open_image: Callable | None = None,
         write_desc: Callable = write_desc_file,
         write_plot: Callable = write_plot_file,
+        workers: int = 0,
     ):
         self.out_dir = Path(out_dir)
         self.settings = settings
@@ -149,6 +155,7 @@ class TreeWriter:
         self.open_image = open_image
         self.write_desc = write_desc
         self.write_plot = write_plot
+        self.workers = workers
         self._chosen: np.ndarray | None = None
 
     def __enter__(self):
@@ -218,13 +225,19 @@ class TreeWriter:
         cut = settings.save_crops or want_all
         crop_paths: dict[str, str] = {}
         rows_needing_crops = frame.index if want_all else pd.Index(sorted(placements))
-        for image_path, group in frame.loc[rows_needing_crops].groupby("image_path", sort=False):
-            try:
-                image = open_image(image_path) if cut else None
-            except Exception as error:  # recorded in the log; the rest of the export goes on
-                log.warning("cannot cut crops of %s: %s", image_path, error)
+        needing = frame.loc[rows_needing_crops]
+        needing = needing[needing["image_path"].notna()]
+        decoded = images.iter_image_rows(
+            needing["image_path"],
+            open_image if cut else _no_image,
+            workers=self.workers if cut else 0,
+            catch=(Exception,),
+        )
+        for image_path, image, rows in decoded:
+            if isinstance(image, BaseException):  # logged; the rest of the export goes on
+                log.warning("cannot cut crops of %s: %s", image_path, image)
                 image = None
-            for idx, row in group.iterrows():
+            for idx, row in needing.iloc[rows].iterrows():
                 name = row["crop_name"]
                 crop = (
                     images.crop(image, (row["x1"], row["y1"], row["x2"], row["y2"]))

@@ -144,3 +144,10 @@ def read_embedding_matrix(
     else:
         frame = pd.DataFrame(index=pd.RangeIndex(filled))
     return frame.reset_index(drop=True), X
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length, float32 (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -439,6 +439,31 @@ def iter_images_prefetched(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def iter_image_rows(
+    paths: Iterable,
+    open_fn: Callable,
+    workers: int = 2,
+    catch: tuple[type[BaseException], ...] = (ImageRejected,),
+    sort: bool = False,
+) -> Iterator[tuple[object, object, list[int]]]:
+    """Decode each distinct image of ``paths`` (one path per row: a table's
+    ``image_path`` column) once and yield ``(path, image or exception, rows)``.
+
+    ``rows`` are the positions in ``paths`` of that image's rows, in order; the
+    images come in the order of their first row (sorted with ``sort``). Decoding
+    runs ahead in ``workers`` threads (:func:`iter_images_prefetched`, whose
+    ``catch`` says which exceptions are yielded in place of the image), so a stage
+    cutting the crops of one image overlaps the decoding of the next: what the
+    captions, the report's crops and the export's results tree all do.
+    """
+    by_path: dict = {}
+    for row, path in enumerate(paths):
+        by_path.setdefault(path, []).append(row)
+    keys = sorted(by_path) if sort else list(by_path)
+    for _, path, image in iter_images_prefetched(keys, open_fn, workers=workers, catch=catch):
+        yield path, image, by_path[path]
+
+
 def _call(open_fn: Callable, path, catch: tuple[type[BaseException], ...]):
     try:
         return open_fn(path)

@@ -7,6 +7,8 @@ reserves (``CON``, ``NUL``, ...), nothing at all, or hundreds of characters.
 stays inside the folder it is joined to, and is bounded in length. A name that is
 already safe is kept as it is, so that the usual names (``truck``,
 ``construction_vehicle``, ``scene_0001``) read the same on disk as in the data.
+Its keywords give the other name made from data, a shard's
+(:func:`rare_objects.io.sources.shard_slug`), from the same rule.
 """
 
 from __future__ import annotations
@@ -38,7 +40,17 @@ def is_safe(text: str, max_len: int = 48) -> bool:
     )
 
 
-def safe_name(value, max_len: int = 48) -> str:
+def safe_name(
+    value,
+    max_len: int | None = 48,
+    *,
+    unsafe: re.Pattern = _UNSAFE,
+    joiner: str | None = None,
+    portable: bool = True,
+    empty: str = "_",
+    mark: str = "-",
+    digest_chars: int = DIGEST_CHARS,
+) -> str:
     """A file or folder name made from a data value (a class, concept, target name, image stem).
 
     A safe name (only ``A-Z a-z 0-9 . _ + -``, no leading or trailing dot, not a
@@ -52,12 +64,25 @@ def safe_name(value, max_len: int = 48) -> str:
     most ``max_len + 9`` ASCII characters, and two different values give two
     different names (``car/van`` and ``car_van`` stay apart) except for a hash
     collision or a safe value that spells another value's hashed form.
+
+    The keywords change the rule for other names (the shards'): runs of ``unsafe``
+    become ``_``; with ``joiner`` each ``/``-separated part is cleaned on its own and
+    the parts joined by it; without ``portable`` dots and Windows' names are left as
+    they are; ``empty`` names an empty value; ``max_len`` None cuts nothing; a name
+    that differs from the value gets ``mark`` and ``digest_chars`` hex digits.
     """
     text = str(value)
-    if is_safe(text, max_len):
-        return text
-    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:max_len] or "_"
-    if cleaned.split(".")[0].upper() in WINDOWS_RESERVED:  # NUL.txt: reserved whatever follows
-        cleaned = "_" + cleaned[: max_len - 1]
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
-    return f"{cleaned}-{digest}"
+    parts = text.split("/") if joiner is not None else [text]
+    cleaned = (joiner or "").join(unsafe.sub("_", part) for part in parts)
+    if portable:
+        cleaned = cleaned.lstrip(".")
+    if max_len is not None:
+        cleaned = cleaned[:max_len]
+    cleaned = cleaned or empty
+    if portable and cleaned.split(".")[0].upper() in WINDOWS_RESERVED:
+        # NUL.txt: reserved whatever follows
+        cleaned = "_" + (cleaned if max_len is None else cleaned[: max_len - 1])
+    if cleaned == text and not (portable and text.endswith(".")):
+        return text  # already safe (for the portable rule: is_safe(text, max_len))
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:digest_chars]
+    return f"{cleaned}{mark}{digest}"

@@ -1,7 +1,8 @@
 """The parquet schemas of every table the workflow writes: the one place for them.
 
 Each stage writes through :func:`write_table`, which casts to the schema and so
-fails loudly if a stage drifts from the contract.
+fails loudly if a stage drifts from the contract; a table written in parts (per
+shard, per caption partition) is read back as one with :func:`read_parts`.
 """
 
 from __future__ import annotations
@@ -220,6 +221,14 @@ def write_table(
 
 def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
+
+
+def read_parts(paths, columns: list[str] | None = None) -> pd.DataFrame:
+    """One table written in parts (the caption partitions, the detection or image shards,
+    the rejects of every shard) as one DataFrame: the rows of each of ``paths`` (a path or
+    a list of them) in order, with a fresh index; only ``columns`` when given."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
 
 
 # Ground-truth boxes on the run's images (rare_objects.evaluation.ground_truth), whatever

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rare_objects.io import atomic
+from rare_objects.io.names import safe_name
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -28,6 +29,7 @@ MANIFEST_COLUMNS = [
     "sample_token",
     "camera",
 ]
+# What a shard name keeps of a group ("+" joins its folders, so it is not kept).
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -37,12 +39,22 @@ def image_id_for(rel_path: str) -> str:
 
 
 def shard_slug(group: str) -> str:
-    """A file-name-safe, readable and collision-free name for a group."""
-    slug = "+".join(_SAFE.sub("_", part) for part in group.split("/")) if group else "root"
-    if slug != group:
-        # The slug lost information, so two groups could share it: add a hash.
-        slug = f"{slug}~{hashlib.sha1(group.encode('utf-8')).hexdigest()[:6]}"
-    return slug
+    """A file-name-safe, readable and collision-free name for a group (a folder below the
+    input root, or a scene): its folders joined by ``+``, runs of other characters than
+    ``A-Z a-z 0-9 . _ -`` as ``_``, ``root`` for the root; a name that differs from the
+    group gets ``~`` and 6 hex digits of its hash, so two groups never share one.
+    Shard names are in output paths (``tables/detections/{shard}.parquet``): this rule
+    must not change."""
+    return safe_name(
+        group,
+        max_len=None,
+        unsafe=_SAFE,
+        joiner="+",
+        portable=False,
+        empty="root",
+        mark="~",
+        digest_chars=6,
+    )
 
 
 def list_folder_images(root: str | os.PathLike, extensions: list[str]) -> pd.DataFrame:

@@ -24,7 +24,12 @@ import pandas as pd
 from PIL import Image
 
 from rare_objects.io import atomic
-from rare_objects.report.shown_objects import iter_crops, object_rows
+from rare_objects.report.shown_objects import (
+    final_outlier_mask,
+    first_flag,
+    iter_crops,
+    object_rows,
+)
 
 log = logging.getLogger("rare_objects.report.explorer")
 
@@ -80,18 +85,18 @@ def explorer_frame(
     )
     frame["caption"] = caption.reindex(ids).to_numpy()
     if concepts is not None and len(concepts):
-        by_id = concepts.set_index("object_id").reindex(ids)
-        frame["top_concept"] = by_id["top_concept"].to_numpy()
-        final = by_id["is_final_outlier"].fillna(False).astype(bool).to_numpy()
+        frame["top_concept"] = (
+            concepts.set_index("object_id")["top_concept"].reindex(ids).to_numpy()
+        )
     else:
         frame["top_concept"] = None
-        final = np.zeros(len(frame), dtype=bool)
     matches = target_matches(frame["class_name"], targets)
     frame["target_matches"] = matches.map(", ".join)
-    frame["flag"] = np.select(
-        [final, frame["is_outlier"].to_numpy(dtype=bool), matches.map(bool).to_numpy()],
-        FLAGS[:3],
-        default=FLAGS[3],
+    frame["flag"] = first_flag(
+        final_outlier_mask(concepts, ids),
+        frame["is_outlier"].to_numpy(dtype=bool),
+        matches.map(bool).to_numpy(),
+        FLAGS,
     )
     return frame
 

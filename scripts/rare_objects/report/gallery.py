@@ -36,6 +36,7 @@ from rare_objects.io.images import encode_jpeg
 from rare_objects.io.names import safe_name
 from rare_objects.report.projection import anomaly_score
 from rare_objects.report.shown_objects import iter_crops, object_rows
+from rare_objects.stages.targets import is_target
 
 log = logging.getLogger("rare_objects.report.gallery")
 
@@ -97,7 +98,6 @@ def choose_items(
     if concepts is not None and len(concepts):
         final = concepts[concepts["is_final_outlier"].fillna(False).astype(bool)]
         final_concept = final.set_index("object_id")["top_concept"].fillna("(none)")
-    target_classes = {t: {t, *near} for t, near in targets.items()}
     kept = pd.DataFrame({c: pd.Series(dtype=object) for c in ITEM_COLUMNS})
     if max_per_group == 0:
         return kept.assign(rank=pd.Series(dtype=int))
@@ -121,8 +121,8 @@ def choose_items(
                 parts.append(
                     finals.assign(gallery="final_outliers_by_concept", group=groups)[ITEM_COLUMNS]
                 )
-            for target, classes in target_classes.items():
-                matching = rows[rows["class_name"].isin(classes)]
+            for target in targets:
+                matching = rows[is_target(rows["class_name"], targets, target)]
                 parts.append(matching.assign(gallery="targets", group=target)[ITEM_COLUMNS])
             kept = _top(
                 pd.concat([p for p in parts if len(p)] or [kept], ignore_index=True), max_per_group

@@ -1,4 +1,5 @@
-"""The 2-D map of the objects behind the explorer: which objects it shows, and their t-SNE or UMAP coordinates.
+"""The 2-D map of the objects (the explorer's map and tsne.png): which objects it shows, and their
+t-SNE or UMAP coordinates.
 
 Shown are every mined object (final outlier, outlier, target match) and a
 seeded sample of the rest, up to ``max_points`` in all (:func:`choose_shown`).
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from rare_objects.io.embeddings import EMBEDDING, _as_paths, _batch_vectors, _valid_mask
 from rare_objects.report import tsne
+from rare_objects.report.shown_objects import final_outlier_mask, first_flag
 
 log = logging.getLogger("rare_objects.report.projection")
 
@@ -31,10 +33,7 @@ SHOWN_REASONS = ("final_outlier", "outlier", "target", "sample")
 
 def shown_reasons(is_final_outlier, is_outlier, is_target) -> np.ndarray:
     """Each object's reason to be on the map (``sample`` = none: only by sampling)."""
-    final = np.asarray(is_final_outlier, dtype=bool)
-    outlier = np.asarray(is_outlier, dtype=bool)
-    target = np.asarray(is_target, dtype=bool)
-    return np.select([final, outlier, target], SHOWN_REASONS[:3], default="sample").astype(object)
+    return first_flag(is_final_outlier, is_outlier, is_target, SHOWN_REASONS).astype(object)
 
 
 def anomaly_score(score_global, score_class) -> np.ndarray:
@@ -157,15 +156,12 @@ def project(
     ``concepts`` the concept table (final outliers), ``settings`` the
     ``projection`` section of the configuration.
     """
-    from rare_objects.stages.targets import target_matches
+    from rare_objects.stages.targets import is_target
 
-    final = pd.Series(False, index=outliers["object_id"].to_numpy())
-    if concepts is not None and len(concepts):
-        flags = concepts.set_index("object_id")["is_final_outlier"].fillna(False).astype(bool)
-        final = flags.reindex(final.index).fillna(False).astype(bool)
-    is_target = target_matches(outliers["class_name"], targets).map(bool).to_numpy()
     reasons = shown_reasons(
-        final.to_numpy(), outliers["is_outlier"].to_numpy(dtype=bool), is_target
+        final_outlier_mask(concepts, outliers["object_id"].to_numpy()),
+        outliers["is_outlier"].to_numpy(dtype=bool),
+        is_target(outliers["class_name"], targets),
     )
     scores = anomaly_score(outliers["score_global"], outliers["score_class"])
     rows = choose_shown(reasons, scores, settings["max_points"], seed)
@@ -209,8 +205,6 @@ def write_projection(frame: pd.DataFrame, path: str | os.PathLike, total_objects
 
 
 def plot_projection(frame: pd.DataFrame, out_png, total_objects: int) -> None:
-    """The static picture of the map (coloured by class, outliers marked), as tsne.png is drawn."""
+    """The map as a picture (tsne.png): coloured by class, outliers marked."""
     method = "UMAP" if (len(frame) and frame["method"].iloc[0] == "umap") else "t-SNE"
-    tsne.draw_map(
-        frame, out_png, f"{method} of object embeddings (the explorer's map)", total_objects
-    )
+    tsne.draw_map(frame, out_png, f"{method} of object embeddings", total_objects)

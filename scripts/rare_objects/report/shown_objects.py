@@ -1,10 +1,12 @@
-"""What the report's galleries and the explorer share: the rows of a few chosen objects
-and their crops cut from the originals.
+"""What the report's galleries, the map and the explorer share: the rows of a few chosen
+objects, their crops cut from the originals, and each object's flag.
 
-Both show a capped number of objects of a run that may hold tens of millions:
+They show a capped number of objects of a run that may hold tens of millions:
 :func:`object_rows` streams the detection shards and keeps only the chosen
 rows; :func:`iter_crops` decodes each original image once for all of its
-chosen objects (crops are rows until something shows them).
+chosen objects (crops are rows until something shows them). :func:`first_flag`
+is the one precedence of an object's flags (final outlier, then outlier, then
+target match), :func:`final_outlier_mask` the final-outlier flag of given objects.
 """
 
 from __future__ import annotations
@@ -17,6 +19,24 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 log = logging.getLogger("rare_objects.report.shown_objects")
+
+
+def first_flag(is_final_outlier, is_outlier, is_target, labels) -> np.ndarray:
+    """Each object's label for its most important flag: ``labels[0]`` for a final outlier,
+    else ``labels[1]`` for an outlier, else ``labels[2]`` for a target match, else
+    ``labels[3]`` (the map's reasons to show an object, the explorer's flags)."""
+    flags = [np.asarray(f, dtype=bool) for f in (is_final_outlier, is_outlier, is_target)]
+    return np.select(flags, list(labels[:3]), default=labels[3])
+
+
+def final_outlier_mask(concepts: pd.DataFrame | None, object_ids) -> np.ndarray:
+    """Whether each of ``object_ids`` is a final outlier of the concept table ``concepts``
+    (False when it has no row there, a null flag or no concept table at all)."""
+    object_ids = np.asarray(object_ids, dtype=object)
+    if concepts is None or not len(concepts):
+        return np.zeros(len(object_ids), dtype=bool)
+    flags = concepts.set_index("object_id")["is_final_outlier"].fillna(False).astype(bool)
+    return flags.reindex(object_ids).fillna(False).astype(bool).to_numpy()
 
 
 def object_rows(
@@ -54,14 +74,12 @@ def iter_crops(
     """
     from rare_objects.io import images
 
-    groups = list(frame.groupby("image_path", sort=True).groups.items())
-    paths = [path for path, _ in groups]
+    shown = frame[frame["image_path"].notna()]
     catch = (images.ImageRejected, OSError, ValueError)
-    for i, _path, image in images.iter_images_prefetched(
-        paths, open_image, workers=workers, catch=catch
+    for _path, image, rows in images.iter_image_rows(
+        shown["image_path"], open_image, workers=workers, catch=catch, sort=True
     ):
-        labels = groups[i][1]
-        for label in labels:
+        for label in shown.index[rows]:
             if isinstance(image, BaseException):
                 yield label, image
                 continue

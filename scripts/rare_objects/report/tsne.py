@@ -1,4 +1,5 @@
-"""t-SNE map of the embeddings, coloured by class, outliers marked."""
+"""The t-SNE coordinates of the map (:mod:`rare_objects.report.projection`) and its picture
+(tsne.png): coloured by class, outliers marked."""
 
 from __future__ import annotations
 
@@ -10,67 +11,6 @@ import numpy as np
 import pandas as pd
 
 MAX_LEGEND_CLASSES = 20
-
-
-def subsample_indices(class_names, is_outlier, max_points: int, seed: int) -> np.ndarray:
-    """Sorted row indices of a deterministic subsample of at most ``max_points``.
-
-    All outliers are kept when they fit (the rest of the budget goes to the
-    inliers, stratified by class); otherwise the outliers themselves are
-    sampled, stratified by class. Stratified = each class gets a share
-    proportional to its size, at least one row where the budget allows.
-    """
-    class_names = np.asarray(class_names, dtype=object)
-    is_outlier = np.asarray(is_outlier, dtype=bool)
-    n = len(class_names)
-    if max_points < 1:
-        raise ValueError("max_points must be >= 1")
-    if n <= max_points:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    outliers = np.flatnonzero(is_outlier)
-    inliers = np.flatnonzero(~is_outlier)
-    if len(outliers) >= max_points:
-        chosen = _stratified(outliers, class_names[outliers], max_points, rng)
-    else:
-        rest = _stratified(inliers, class_names[inliers], max_points - len(outliers), rng)
-        chosen = np.concatenate([outliers, rest])
-    return np.sort(chosen)
-
-
-def _stratified(
-    rows: np.ndarray, labels: np.ndarray, budget: int, rng: np.random.Generator
-) -> np.ndarray:
-    if budget <= 0 or len(rows) == 0:
-        return np.empty(0, dtype=np.int64)
-    if len(rows) <= budget:
-        return rows
-    classes, inverse, counts = np.unique(
-        labels.astype(str), return_inverse=True, return_counts=True
-    )
-    # Largest-remainder allocation, at least one per class while budget allows.
-    quota = counts * budget / counts.sum()
-    alloc = np.floor(quota).astype(np.int64)
-    if budget >= len(classes):
-        alloc = np.maximum(alloc, 1)
-    alloc = np.minimum(alloc, counts)
-    while alloc.sum() > budget:  # the max(.,1) may overshoot: trim the largest
-        alloc[np.argmax(alloc)] -= 1
-    remainder = quota - np.floor(quota)
-    for c in np.argsort(-remainder, kind="stable"):
-        if alloc.sum() >= budget:
-            break
-        if alloc[c] < counts[c]:
-            alloc[c] += 1
-    while alloc.sum() < budget:  # classes still with room, largest first
-        room = counts - alloc
-        alloc[np.argmax(room)] += 1
-    chosen = []
-    for c, k in enumerate(alloc):
-        if k:
-            members = rows[inverse == c]
-            chosen.append(rng.choice(members, size=int(k), replace=False))
-    return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
 
 
 def _thread_limit(threads: int | None):
@@ -125,49 +65,6 @@ def tsne_coordinates(
     )
     with _thread_limit(threads):
         return tsne.fit_transform(np.asarray(Z, dtype=np.float32)).astype(np.float32)
-
-
-def plot_tsne(
-    X: np.ndarray,
-    class_names,
-    is_outlier,
-    out_png: str | os.PathLike,
-    *,
-    max_points: int,
-    perplexity: float,
-    seed: int,
-    title: str = "t-SNE of object embeddings",
-    object_ids=None,
-    threads: int | None = None,
-) -> pd.DataFrame:
-    """Write a t-SNE scatter of ``X`` to ``out_png``; return the plotted points.
-
-    The returned frame has one row per plotted point: ``row`` (index into
-    ``X``), ``object_id`` (when given), ``class_name``, ``is_outlier``, ``x``,
-    ``y``. Classes beyond the :data:`MAX_LEGEND_CLASSES` largest are drawn
-    grey as "other".
-    """
-    X = np.asarray(X)
-    class_names = np.asarray(class_names, dtype=object)
-    is_outlier = np.asarray(is_outlier, dtype=bool)
-    if not (len(X) == len(class_names) == len(is_outlier)):
-        raise ValueError("X, class_names and is_outlier must have the same length")
-    rows = subsample_indices(class_names, is_outlier, max_points, seed)
-    coords = tsne_coordinates(X[rows], perplexity=perplexity, seed=seed, threads=threads)
-    frame = pd.DataFrame(
-        {
-            "row": rows.astype(np.int64),
-            "class_name": class_names[rows].astype(str),
-            "is_outlier": is_outlier[rows],
-            "x": coords[:, 0] if len(rows) else np.empty(0, np.float32),
-            "y": coords[:, 1] if len(rows) else np.empty(0, np.float32),
-        }
-    )
-    if object_ids is not None:
-        frame.insert(1, "object_id", np.asarray(object_ids, dtype=object)[rows])
-
-    draw_map(frame, out_png, title, len(X))
-    return frame
 
 
 def draw_map(

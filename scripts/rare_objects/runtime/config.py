@@ -44,8 +44,23 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(handle)
 
 
+# Sections that earlier versions had, and where their settings went.
+MOVED_SECTIONS = {
+    "tsne": "merged into projection (max_points, perplexity): one projection draws tsne.png "
+    "and the explorer's map; move the keys there",
+}
+
+
 def _describe(error) -> str:
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties" and not error.absolute_path:
+        moved = [name for name in MOVED_SECTIONS if name in error.instance]
+        unknown = set(error.instance) - set(error.schema.get("properties", {})) - set(moved)
+        if moved:
+            lines = [f"{name}: {MOVED_SECTIONS[name]}" for name in moved]
+            if unknown:
+                lines.append(f"unknown sections {sorted(unknown)} (check the spelling)")
+            return "; ".join(lines)
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
         return f"{key}: {error.instance!r} is not allowed; use one of {allowed}"
@@ -77,9 +92,6 @@ def _check_semantics(config: dict) -> None:
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         problems.append(f"device: {device!r} is not allowed; use auto, cpu, cuda or cuda:N")
-    embedder = config["embedder"]
-    if embedder["preset"] == "custom" and not embedder.get("model"):
-        problems.append("embedder.model: required when embedder.preset is 'custom'")
     problems += _evaluation_problems(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

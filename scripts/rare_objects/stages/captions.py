@@ -172,15 +172,15 @@ def caption_objects(
     if vlm_positions:
         paths = objects["image_path"].tolist()
         boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
-        by_image: dict[str, list[int]] = {}
-        for i in vlm_positions:
-            by_image.setdefault(paths[i], []).append(i)
         # Decode the next images in threads while the captioner works on the current crops.
-        loaded = imgs.iter_images_prefetched(
-            list(by_image), open_image, workers=loader_workers, catch=(Exception,)
+        loaded = imgs.iter_image_rows(
+            [paths[i] for i in vlm_positions],
+            open_image,
+            workers=loader_workers,
+            catch=(Exception,),
         )
-        for _, path, image in loaded:
-            members = by_image[path]
+        for _, image, among_vlm in loaded:
+            members = [vlm_positions[k] for k in among_vlm]
             if isinstance(image, BaseException):  # ImageRejected or an I/O error
                 for i in members:
                     vlm_row(i, error=f"image could not be read: {_error_text(image)}")

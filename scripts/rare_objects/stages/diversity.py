@@ -7,7 +7,7 @@ more). In each cluster at most ``max_per_cluster`` objects are kept, by
 ascending ``priority`` (selection passes the negated anomaly score: most
 anomalous first), ties by row.
 
-The similar pairs come from :func:`rare_objects.stages.neighbors.iter_similar_pairs`:
+The similar pairs come from :func:`rare_objects.neighbors.search.iter_similar_pairs`:
 exact blocked products up to ``exact_max`` rows, each row's approximate
 ``max_neighbors`` nearest neighbours above. The graph is never dense: edges
 are folded into a spanning forest whenever more than ``edge_budget``
@@ -21,7 +21,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX, AnnParams, iter_similar_pairs
+from rare_objects.neighbors.search import AnnParams, iter_similar_pairs
 
 KEPT = "kept"
 CLUSTER_CAP = "cluster_cap"
@@ -50,22 +50,22 @@ def _forest(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def similarity_clusters(
     X: np.ndarray,
     threshold: float,
-    exact_max: int = DEFAULT_EXACT_MAX,
-    block_size: int = 2048,
-    max_neighbors: int = 32,
     ann: AnnParams | None = None,
     edge_budget: int = 20_000_000,
+    **search,
 ) -> np.ndarray:
-    """Cluster label (int64, 0..c-1, numbered by first row) of each row."""
+    """Cluster label (int64, 0..c-1, numbered by first row) of each row.
+
+    ``search``: the other keywords of :func:`rare_objects.neighbors.search.iter_similar_pairs`
+    (``exact_max``, ``block_size``, ``max_neighbors``); ``ann`` defaults to :data:`DIVERSITY_ANN`.
+    """
     n = len(X)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     held = 0
-    for i, j, _ in iter_similar_pairs(
-        X, threshold, exact_max, block_size, max_neighbors, ann or DIVERSITY_ANN
-    ):
+    for i, j, _ in iter_similar_pairs(X, threshold, ann=ann or DIVERSITY_ANN, **search):
         rows.append(i)
         cols.append(j)
         held += i.size
@@ -104,10 +104,7 @@ def diversity_filter(
     priority=None,
     threshold: float = 0.95,
     max_per_cluster: int = 3,
-    exact_max: int = DEFAULT_EXACT_MAX,
-    block_size: int = 2048,
-    max_neighbors: int = 32,
-    ann: AnnParams | None = None,
+    **search,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Cluster near-duplicates and cap each cluster.
 
@@ -115,6 +112,8 @@ def diversity_filter(
     ``"kept"`` or ``"cluster_cap"`` (the cluster already has
     ``max_per_cluster`` objects of lower priority; ``cluster_id`` says which).
     ``priority``: lower is kept first (NaN last); None keeps by row order.
+    ``search``: how the similar pairs are found (:func:`similarity_clusters`'s
+    keywords: ``exact_max``, ``block_size``, ``max_neighbors``, ``ann``).
     """
     if max_per_cluster < 1:
         raise ValueError("max_per_cluster must be >= 1")
@@ -122,7 +121,7 @@ def diversity_filter(
     n = len(X)
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), []
-    labels = similarity_clusters(X, threshold, exact_max, block_size, max_neighbors, ann)
+    labels = similarity_clusters(X, threshold, **search)
     keep = cap_clusters(labels, priority, max_per_cluster)
     reason = np.where(keep, KEPT, CLUSTER_CAP).tolist()
     return labels, keep, reason

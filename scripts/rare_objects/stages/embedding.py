@@ -1,8 +1,9 @@
-"""open_clip image embeddings of every detected object (the original's CLIPFeatureExtractor).
+"""Image embeddings of every detected object (the original's CLIPFeatureExtractor).
 
 Each image is decoded once, in loader threads that run ahead of the model;
-its crops are cut, resized and normalised on the model's device
-(:meth:`rare_objects.runtime.models.ClipModel.crop_batch`).
+its crops are cut and preprocessed there by the embedder's ``crop_batch``
+(:mod:`rare_objects.backends.embedders`; open_clip's ``ClipModel.crop_batch``
+cuts, resizes and normalises them on the model's device).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rare_objects.backends import embedders
 from rare_objects.io import images
 from rare_objects.io.schemas import embeddings_schema
 from rare_objects.runtime.logs import Progress
@@ -22,24 +24,24 @@ log = logging.getLogger("rare_objects.embed")
 
 def embed_objects(
     detections: pd.DataFrame,
-    clip,
+    model,
     *,
     batch_size: int,
     loader_workers: int,
     open_image=images.open_rgb,
 ) -> pa.Table:
-    """Embeddings of every row of ``detections`` as a table of ``embeddings_schema(clip.dim)``.
+    """Embeddings of every row of ``detections`` by ``model`` (a loaded embedder,
+    :class:`rare_objects.backends.embedders.EmbeddingModel`) as a table of
+    ``embeddings_schema(model.dim)``.
 
     An object whose image can no longer be read gets a null embedding and the
     reason in ``error``; every detection keeps its row.
     """
-    import torch
-
     by_image = list(detections.groupby("image_path", sort=False))
     progress = Progress(log, "embed objects", len(detections))
 
     def load(path):
-        return clip.crop_batch(np.asarray(open_image(path)), boxes_by_image[path])
+        return model.crop_batch(np.asarray(open_image(path)), boxes_by_image[path])
 
     by_image_rows = {path: rows for path, rows in by_image}
     boxes_by_image = {path: rows[["x1", "y1", "x2", "y2"]].to_numpy() for path, rows in by_image}
@@ -51,7 +53,8 @@ def embed_objects(
     def flush():
         if not batch_tensors:
             return
-        blocks.append((list(batch_ids), clip.encode_batch(torch.cat(batch_tensors)), None))
+        batch = embedders.join_batches(batch_tensors)
+        blocks.append((list(batch_ids), model.encode_batch(batch), None))
         progress.update(len(batch_ids))
         batch_ids.clear()
         batch_tensors.clear()
@@ -77,7 +80,7 @@ def embed_objects(
         if len(batch_ids) >= batch_size:
             flush()
     flush()
-    return _embedding_table(blocks, clip.dim)
+    return _embedding_table(blocks, model.dim)
 
 
 def _embedding_table(blocks, dim: int) -> pa.Table:

@@ -41,6 +41,19 @@ OUTLIER_COLUMNS = [
 ]
 
 
+def read_objects(embedding_paths, detection_paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stage's input: ``(object_ids, X, class_names)``, one row per valid embedding
+    (:func:`rare_objects.io.embeddings.read_embedding_matrix`, in its order) with the
+    object's detector class from the detection shards (None where it has none)."""
+    from rare_objects.io import schemas
+    from rare_objects.io.embeddings import read_embedding_matrix
+
+    ids, X = read_embedding_matrix(embedding_paths)
+    classes = schemas.read_parts(detection_paths, ["object_id", "class_name"])
+    class_names = classes.set_index("object_id")["class_name"].reindex(ids["object_id"])
+    return ids["object_id"].to_numpy(), X, class_names.to_numpy()
+
+
 def check_detectors(detectors) -> list[str]:
     detectors = list(detectors)
     if not detectors:

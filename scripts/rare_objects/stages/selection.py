@@ -15,8 +15,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from rare_objects.neighbors.search import DEFAULT_EXACT_MAX
 from rare_objects.stages.diversity import DIVERSITY_ANN, diversity_filter
-from rare_objects.stages.neighbors import DEFAULT_EXACT_MAX
 from rare_objects.stages.targets import target_matches
 
 

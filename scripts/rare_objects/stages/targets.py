@@ -2,13 +2,21 @@
 
 A target (``config["targets"]``) names a rare class and the detector classes that may
 hold it (its near classes); an object whose detector class is the target itself or one
-of its near classes matches it. Selection, the export, the projection and the explorer
-all ask this one function.
+of its near classes matches it. Selection, the export, the projection, the explorer,
+the report's galleries, the training selection and the evaluation all ask this module:
+:func:`target_matches` for the matching targets of each object, :func:`is_target` for
+whether it matches one (vectorised, for tables of millions of rows).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+
+def target_classes(targets: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Each target's matching detector classes: the target itself and its near classes."""
+    return {target: {target, *near} for target, near in targets.items()}
 
 
 def target_matches(class_names: pd.Series, targets: dict[str, list[str]]) -> pd.Series:
@@ -20,3 +28,16 @@ def target_matches(class_names: pd.Series, targets: dict[str, list[str]]) -> pd.
             if target not in by_class[name]:
                 by_class[name].append(target)
     return class_names.map(lambda c: list(by_class.get(c, [])))
+
+
+def is_target(
+    class_names: pd.Series, targets: dict[str, list[str]], target: str | None = None
+) -> np.ndarray:
+    """Whether each object matches a target (bool array): any target, or only ``target``.
+
+    The same answer as ``target_matches(class_names, targets).map(bool)`` (or ``target in``
+    each match list), as one membership test over the column.
+    """
+    classes = target_classes(targets)
+    wanted = classes[target] if target is not None else set().union(*classes.values())
+    return pd.Series(class_names).isin(wanted).to_numpy()

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from rare_objects.io import atomic, schemas
+from rare_objects.stages.targets import is_target
 
 log = logging.getLogger("rare_objects.stages.training_selection")
 
@@ -93,23 +94,21 @@ def mined_samples(
         raise ValueError(
             f"training_selection.mined {unknown or list(mined)} not understood; use some of {', '.join(MINED_KINDS)}"
         )
-    images = pd.concat(
-        [pd.read_parquet(p, columns=[key, "status"]) for p in image_paths], ignore_index=True
-    )
+    images = schemas.read_parts(image_paths, [key, "status"])
     usable = images[images["status"] == "ok"]
     pool = usable.groupby(key, sort=True).size().rename("n_images").to_frame()
     pool.index.name = "sample"
     per_shard = []
-    target_classes = {name for near in targets.values() for name in near} | set(targets)
     for path in detection_paths:
         objects = pd.read_parquet(path, columns=["object_id", key, "class_name"])
+        matches = is_target(objects["class_name"], targets)
         flags = {}
         if "final_outliers" in mined:
             flags["final_outliers"] = objects["object_id"].isin(final_outlier_ids).to_numpy()
         if "outliers" in mined:
             flags["outliers"] = objects["object_id"].isin(outlier_ids).to_numpy()
         if "targets" in mined:
-            flags["targets"] = objects["class_name"].isin(target_classes).to_numpy()
+            flags["targets"] = matches
         frame = pd.DataFrame({"sample": objects[key].to_numpy(), "n_objects": 1, **flags})
         frame["mined_objects"] = (
             np.logical_or.reduce([*flags.values()], axis=0) if len(frame) else 0
@@ -117,10 +116,9 @@ def mined_samples(
         if tiers:
             # Per object, before the sum per sample: the first tier needs one object that is
             # both, not a target match and a final outlier anywhere in the sample.
-            is_target = objects["class_name"].isin(target_classes).to_numpy()
             is_final = objects["object_id"].isin(final_outlier_ids).to_numpy()
-            frame["tier_target_final"] = is_target & is_final
-            frame["tier_target"] = is_target
+            frame["tier_target_final"] = matches & is_final
+            frame["tier_target"] = matches
             frame["tier_final"] = is_final
         per_shard.append(frame.groupby("sample", sort=False).sum())
     counts = pd.concat(per_shard).groupby(level=0).sum() if per_shard else pd.DataFrame()

@@ -23,12 +23,11 @@ in input order, is either its caption or the exception that stopped it.
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from rare_objects.backends.registry import Registry
 
 
 class Captioner(Protocol):
@@ -83,39 +82,10 @@ class Backend:
         return list(self.model_paths(settings).values())
 
 
-_BACKENDS: dict[str, Backend] = {}
-
-
-def register(backend: Backend) -> Backend:
-    """Add a backend under its name (called by each backend module when imported)."""
-    if backend.name in _BACKENDS and _BACKENDS[backend.name] is not backend:
-        raise ValueError(f"caption backend {backend.name!r} is registered twice")
-    _BACKENDS[backend.name] = backend
-    return backend
-
-
-@functools.cache
-def _import_backends() -> None:
-    """Import every module of this package: each registers its backend."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-
-
-def names() -> list[str]:
-    """The registered backends' names, sorted (schemas/config.schema.yaml's enum lists the same)."""
-    _import_backends()
-    return sorted(_BACKENDS)
-
-
-def get_backend(name: str) -> Backend:
-    """The backend registered as ``name``; a ValueError names the known ones."""
-    _import_backends()
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown caption backend {name!r}; use one of {', '.join(names())}"
-        ) from None
+REGISTRY: Registry[Backend] = Registry("caption backend", __name__, __path__)
+register = REGISTRY.register
+names = REGISTRY.names
+get_backend = REGISTRY.get
 
 
 def complete_settings(settings: dict | None) -> dict:

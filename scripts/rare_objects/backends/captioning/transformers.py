@@ -85,7 +85,7 @@ class TransformersCaptioner:
         except ImportError:  # older transformers
             from transformers import AutoModelForVision2Seq as _AutoModel
 
-        from rare_objects.runtime import models
+        from rare_objects.runtime import devices
 
         option = fill_defaults(
             NAME,
@@ -101,9 +101,9 @@ class TransformersCaptioner:
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"caption model folder not found: {self.model_dir}")
         self.model_name = self.model_dir.name
-        self.device = models.resolve_device(device)
+        self.device = devices.resolve_device(device)
         # auto: bf16 on a GPU (Qwen2-VL's own precision; fp16 where bf16 is not supported)
-        self.dtype = models.resolve_dtype(option["dtype"], self.device, gpu_auto="bf16")
+        self.dtype = devices.resolve_dtype(option["dtype"], self.device, gpu_auto="bf16")
         self.batch_size = max(1, int(option["batch_size"]))
         self.auto_batch = option["auto_batch"]
         self.size = {
@@ -263,9 +263,9 @@ def _make(settings: dict, device: str | None) -> TransformersCaptioner:
 
 
 def _resolve_device(requested: str) -> str:
-    from rare_objects.runtime import models
+    from rare_objects.runtime import devices
 
-    return models.resolve_device(requested)
+    return devices.resolve_device(requested)
 
 
 register(

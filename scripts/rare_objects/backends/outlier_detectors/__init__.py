@@ -1,11 +1,13 @@
 """Outlier detectors behind a registry: a name in ``outliers.detectors`` maps to one module here.
 
-Every module of this package (``lof``, ``isolation_forest``, ``knn_distance``)
-is a detector; its module name is its name in the configuration and it defines
+Each detector is one module of this package (``lof``, ``isolation_forest``,
+``knn_distance``) that calls :func:`register` with a :class:`Detector` when
+imported (:class:`rare_objects.backends.registry.Registry`, the plug-in style of
+every backend): its name in the configuration, and
 
 ``detect(X, settings, seed) -> Detection``
 
-and may define ``check_settings(settings)`` (raise ValueError on a bad
+and optionally ``check_settings(settings)`` (raise ValueError on a bad
 value), called by :func:`settings_for` so a bad setting stops the run before
 any detector has spent time;
 
@@ -23,21 +25,20 @@ It returns one ``score`` per row with ONE convention for every detector:
 and per class, and ORs the flags; selection and the report rank by the
 scores without knowing which detector made them.
 
-Adding a detector: one module here with ``detect`` (and a docstring saying
-what its score is) plus its section ``outliers.<name>`` in
+Adding a detector: one module here that registers its :class:`Detector` (with a
+docstring saying what its score is) plus its section ``outliers.<name>`` in
 schemas/config.schema.yaml (the enum of ``outliers.detectors`` is checked
 against :func:`names` by the tests).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from types import ModuleType
 
 import numpy as np
+
+from rare_objects.backends.registry import Registry
 
 # Keys of the ``outliers`` section a detector inherits unless its own section sets them.
 SHARED_KEYS = ("n_neighbors", "contamination", "exact_max_samples")
@@ -59,30 +60,22 @@ class Detection:
             )
 
 
-@cache
-def _registry() -> dict[str, ModuleType]:
-    modules = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if not callable(getattr(module, "detect", None)):
-            raise TypeError(f"outlier detector module {module.__name__} has no detect()")
-        modules[info.name] = module
-    return modules
+@dataclass(frozen=True)
+class Detector:
+    """What the workflow needs to know about one outlier detector."""
+
+    name: str
+    """Its name in ``outliers.detectors`` and its section ``outliers.<name>``."""
+    detect: Callable[[np.ndarray, dict, int], Detection]
+    """``(X, settings, seed) -> Detection`` (see the module docstring)."""
+    check_settings: Callable[[dict], None] | None = None
+    """Raises ValueError on a bad value of its resolved settings; None when none can be bad."""
 
 
-def names() -> list[str]:
-    """The registered detectors' names, sorted."""
-    return sorted(_registry())
-
-
-def get(name: str) -> ModuleType:
-    """The module of detector ``name``."""
-    registry = _registry()
-    if name not in registry:
-        raise ValueError(f"unknown outlier detector {name!r}; use one of {', '.join(names())}")
-    return registry[name]
+REGISTRY: Registry[Detector] = Registry("outlier detector", __name__, __path__)
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
 
 
 def check_contamination(contamination, allow_auto: bool = True) -> float | str:
@@ -104,13 +97,12 @@ def settings_for(name: str, outliers: dict) -> dict:
     The shared keys (:data:`SHARED_KEYS`), then every key of ``outliers[name]``
     that is not null. No defaults here: the schema fills them.
     """
-    module = get(name)
+    detector = get(name)
     settings = {key: outliers[key] for key in SHARED_KEYS}
     settings.update({k: v for k, v in outliers[name].items() if v is not None})
-    check = getattr(module, "check_settings", None)
-    if check is not None:
+    if detector.check_settings is not None:
         try:
-            check(settings)
+            detector.check_settings(settings)
         except ValueError as error:
             raise ValueError(f"outliers.{name}: {error}") from None
     return settings
@@ -118,13 +110,13 @@ def settings_for(name: str, outliers: dict) -> dict:
 
 def detect(name: str, X: np.ndarray, settings: dict, seed: int) -> Detection:
     """Run detector ``name`` on the rows of ``X`` (an empty ``X`` gives empty results)."""
-    module = get(name)
+    detector = get(name)
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D embedding matrix, got shape {X.shape}")
     if X.shape[0] == 0:
         return Detection(np.zeros(0, np.float32), np.zeros(0, bool))
-    result = module.detect(X, settings, seed)
+    result = detector.detect(X, settings, seed)
     if result.score.shape != (X.shape[0],):
         raise ValueError(
             f"detector {name} returned {result.score.shape[0]} scores for {len(X)} rows"
@@ -133,11 +125,14 @@ def detect(name: str, X: np.ndarray, settings: dict, seed: int) -> Detection:
 
 
 __all__ = [
+    "REGISTRY",
     "Detection",
+    "Detector",
     "SHARED_KEYS",
     "check_contamination",
     "detect",
     "get",
     "names",
+    "register",
     "settings_for",
 ]

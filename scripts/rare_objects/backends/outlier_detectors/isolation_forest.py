@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from rare_objects.backends.outlier_detectors import Detection, check_contamination
+from rare_objects.backends.outlier_detectors import (
+    Detection,
+    Detector,
+    check_contamination,
+    register,
+)
 
 
 def check_settings(settings: dict) -> None:
@@ -36,3 +41,6 @@ def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
     score = forest.score_samples(X)
     # predict() is score_samples - offset_ < 0; computed here once instead of scoring twice.
     return Detection(-score, score - forest.offset_ < 0)
+
+
+register(Detector(name="isolation_forest", detect=detect, check_settings=check_settings))

@@ -7,7 +7,7 @@ other rows (on unit rows, ``sqrt(2 - 2 cos)``); higher = more anomalous
 so about a ``contamination`` share of the rows, fewer when scores tie at the
 threshold. ``contamination`` must be a number: there is no ``"auto"`` rule.
 
-Neighbours come from :func:`rare_objects.stages.neighbors.knn`: exact
+Neighbours come from :func:`rare_objects.neighbors.search.knn`: exact
 (scikit-learn) up to ``exact_max_samples`` rows, the scalable approximate
 search (seeded with the run's seed) above. With ``n <= n_neighbors`` rows,
 ``n - 1`` neighbours are used; a single row has score 0 and is no outlier.
@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from rare_objects.backends.outlier_detectors import Detection, check_contamination
-from rare_objects.stages.neighbors import AnnParams, knn
+from rare_objects.backends.outlier_detectors import (
+    Detection,
+    Detector,
+    check_contamination,
+    register,
+)
+from rare_objects.neighbors.search import AnnParams, knn
 
 
 def check_settings(settings: dict) -> None:
@@ -39,3 +44,6 @@ def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
     score = dist.mean(axis=1, dtype=np.float64).astype(np.float32)
     threshold = np.quantile(score, 1.0 - contamination)
     return Detection(score, score > threshold)
+
+
+register(Detector(name="knn_distance", detect=detect, check_settings=check_settings))

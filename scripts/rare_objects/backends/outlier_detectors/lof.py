@@ -7,7 +7,7 @@ scikit-learn's contamination rule (``fit_predict == -1``).
 Up to ``exact_max_samples`` rows this is scikit-learn's
 ``LocalOutlierFactor(n_neighbors, contamination).fit_predict(X)`` itself, so
 flags and scores are exactly the original's. Above it, the neighbours come
-from the approximate search of :mod:`rare_objects.stages.neighbors` (seeded
+from the approximate search of :mod:`rare_objects.neighbors.search` (seeded
 with the run's seed) and the same scikit-learn estimator runs on them as a
 precomputed sparse distance graph (``metric="precomputed"``): the LOF
 arithmetic and the contamination rule are scikit-learn's in both cases, only
@@ -25,8 +25,13 @@ import warnings
 
 import numpy as np
 
-from rare_objects.backends.outlier_detectors import Detection, check_contamination
-from rare_objects.stages.neighbors import AnnParams, approximate_knn
+from rare_objects.backends.outlier_detectors import (
+    Detection,
+    Detector,
+    check_contamination,
+    register,
+)
+from rare_objects.neighbors.search import AnnParams, approximate_knn
 
 MIN_ROWS = 3
 
@@ -112,3 +117,6 @@ def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
     )
     # Negating a float32 is exact: the stored LOF columns keep scikit-learn's values.
     return Detection(-negative_factor, is_outlier)
+
+
+register(Detector(name="lof", detect=detect, check_settings=check_settings))

@@ -388,15 +388,14 @@ def iter_similar_pairs(
 
 
 def similar_pairs(
-    X: np.ndarray,
-    threshold: float,
-    exact_max: int = DEFAULT_EXACT_MAX,
-    block_size: int = 2048,
-    max_neighbors: int = 32,
-    ann: AnnParams | None = None,
+    X: np.ndarray, threshold: float, **search
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All of :func:`iter_similar_pairs` at once: ``(i, j, similarity)``, sorted by (i, j)."""
-    chunks = list(iter_similar_pairs(X, threshold, exact_max, block_size, max_neighbors, ann))
+    """All of :func:`iter_similar_pairs` at once: ``(i, j, similarity)``, sorted by (i, j).
+
+    ``search``: the search's keywords of :func:`iter_similar_pairs` (``exact_max``,
+    ``block_size``, ``max_neighbors``, ``ann``).
+    """
+    chunks = list(iter_similar_pairs(X, threshold, **search))
     if not chunks:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     i = np.concatenate([c[0] for c in chunks])
