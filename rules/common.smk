@@ -57,6 +57,25 @@ def uses_gpu():
 GPU = uses_gpu()
 
 
+def outlier_settings():
+    """The outliers section as the outliers and evaluation_scores rules' param, without
+    ``device``: that one is a param of its own only off the CPU (search_device_params)."""
+    return {k: v for k, v in config["outliers"].items() if k != "device"}
+
+
+def search_device_params():
+    """``search_device`` where outliers.device puts the neighbour search on a GPU (it
+    changes the neighbours above exact_max_samples: exact instead of approximate), no
+    param on the CPU, so that runs made before the setting existed stay up to date."""
+    device = config["outliers"]["device"]
+    return {} if device == "cpu" else {"search_device": device}
+
+
+# The outliers and evaluation_scores rules take the gpu resource only when
+# outliers.device puts their neighbour search on one (the top-level device does not).
+SEARCH_GPU = int(devices.uses_gpu(config["outliers"]["device"]))
+
+
 def tracked(section):
     """``config[section]`` as a rule's param: without the keys that change only speed
     (marked x-speed-only in the schema: loader threads, batch sizes, ...), so that

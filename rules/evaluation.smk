@@ -34,12 +34,16 @@ rule evaluation_scores:
     benchmark:
         f"{RESULTS}/benchmarks/evaluation_scores.tsv"
     conda:
-        "../envs/analysis.yaml"
+        # with torch where outliers.device puts the neighbour search on a GPU
+        "../envs/neighbors_gpu.yaml" if SEARCH_GPU else "../envs/analysis.yaml"
     threads: 2
+    resources:
+        gpu=SEARCH_GPU,
     params:
-        outliers=config["outliers"],
+        outliers=outlier_settings(),
         detectors=config["evaluation"]["detectors"],
         seed=config["seed"],
+        **search_device_params(),
     script:
         "../scripts/evaluation_scores.py"
 

@@ -9,10 +9,14 @@ rule outliers:
     benchmark:
         f"{RESULTS}/benchmarks/outliers.tsv"
     conda:
-        "../envs/analysis.yaml"
+        # with torch where outliers.device puts the neighbour search on a GPU
+        "../envs/neighbors_gpu.yaml" if SEARCH_GPU else "../envs/analysis.yaml"
     threads: 2
+    resources:
+        gpu=SEARCH_GPU,
     params:
-        outliers=config["outliers"],
+        outliers=outlier_settings(),
         seed=config["seed"],
+        **search_device_params(),
     script:
         "../scripts/outliers.py"

@@ -18,6 +18,8 @@ family = embedders.get(settings["backend"])
 embedder = rule_section(snakemake, "embedder")
 image_cfg = rule_section(snakemake, "images")
 model = family.load(settings, snakemake.params.device, embedder["precision"])
+# embedder.storage, from the config: the param leaves out float32, the default (embedders.tracked)
+storage = settings["storage"]
 detections = pd.read_parquet(snakemake.input.detections)
 log.info(
     "shard %s: %d objects, model %s on %s",
@@ -33,11 +35,9 @@ table = embed_objects(
     batch_size=embedder["batch_size"],
     open_image=images.opener(image_cfg),
     loader_workers=image_cfg["loader_workers"],
+    storage=storage,
 )
-schemas.write_table(
-    table,
-    schemas.embeddings_schema(model.dim),
-    snakemake.output[0],
-    {"embedding_model": model.identity, "dim": model.dim},
+schemas.write_embeddings(
+    table, snakemake.output[0], model=model.identity, dim=model.dim, storage=storage
 )
 log.info("shard %s: %d embeddings written", snakemake.wildcards.shard, table.num_rows)

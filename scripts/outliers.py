@@ -7,7 +7,11 @@ log = start_rule(snakemake)
 from rare_objects.io import schemas  # noqa: E402
 from rare_objects.stages.outliers import class_aware_outliers, read_objects  # noqa: E402
 
-settings = snakemake.params.outliers
+# outliers.device is a param only off the CPU (rules/common.smk: search_device_params)
+settings = {
+    **snakemake.params.outliers,
+    "device": getattr(snakemake.params, "search_device", "cpu"),
+}
 object_ids, matrix, class_names = read_objects(
     snakemake.input.embeddings, snakemake.input.detections
 )

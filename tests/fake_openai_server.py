@@ -7,6 +7,7 @@ request succeeds with ``"object {width}x{height}"``. Faults:
 
     500 / 503 / 429 / 400 / 401  answer that HTTP status ("401" echoes the key it got)
     "timeout"                      sleep ``hang_s`` before answering (longer than the client's time-out)
+    "slow"                         sleep ``hang_s``, then answer with success (a slow request in flight)
     "malformed"                    200 with a body that is not JSON
     "no_choices"                   200 with JSON lacking "choices"
     "bad_json"                     200, Content-Type application/json, with a body that is not JSON
@@ -43,6 +44,7 @@ class FakeOpenAIServer:
         self.lifetime_s = lifetime_s
         self.port = port
         self.requests: list[dict] = []
+        self.answered: list[int] = []  # the width of each successful answer, in the order sent
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -161,6 +163,9 @@ class FakeOpenAIServer:
                     hung = True
                 self._stop.wait(self.hang_s)
                 fault = None  # answers (too late) with a success
+            elif fault == "slow":
+                self._stop.wait(self.hang_s)
+                fault = None
             if fault in (500, 502, 503, 429, 400):
                 self._send(
                     handler, fault, json.dumps({"error": {"message": f"injected {fault}"}}).encode()
@@ -188,6 +193,8 @@ class FakeOpenAIServer:
                     ],
                 }
                 self._send(handler, 200, json.dumps(answer).encode())
+                with self._lock:
+                    self.answered.append(width)
         finally:
             if not hung:
                 with self._lock:

@@ -119,6 +119,12 @@ def test_open_clip_declarations_and_params_of_the_default_configuration():
     changed = copy.deepcopy(config)
     changed["embedder"]["transformers"]["model"] = "/models/dinov2"
     assert embedders.tracked(speed_settings.tracked(changed, "embedder"), family) == param
+    # embedder.storage float16 changes the embeddings: in the param (float32, the default,
+    # is left out so that the param stays what it was)
+    assert config["embedder"]["storage"] == "float32"
+    changed["embedder"]["storage"] = "float16"
+    half = embedders.tracked(speed_settings.tracked(changed, "embedder"), family)
+    assert list(half.items()) == [*param.items(), ("storage", "float16")]
 
 
 def test_open_clip_local_checkpoints_are_inputs_named_by_their_key():

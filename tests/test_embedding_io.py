@@ -1,4 +1,5 @@
-"""Streaming gather of the embedding shards = the in-memory reference; error rows skipped."""
+"""Streaming gather of the embedding shards = the in-memory reference; error rows skipped;
+float16 storage (embedder.storage) read back as written; the blocked reader = the whole matrix."""
 
 import numpy as np
 import pandas as pd
@@ -150,3 +151,178 @@ def test_contract_breaking_row_is_skipped(tmp_path):
     ref_frame, ref_X = read_embedding_matrix_in_memory(path)
     np.testing.assert_array_equal(X, ref_X)
     assert ref_frame["object_id"].tolist() == ["a", "d"]
+
+
+# --- embedder.storage: float16 shards, the float16 matrix, the blocked reader ---
+
+
+def _blocks(rng, n, dim=DIM):
+    """embed_objects' blocks (ids, float32 vectors or None, error) with an unreadable image."""
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    half = n // 2
+    return vectors, [
+        ([f"o{i}" for i in range(half)], vectors[:half], None),
+        (["gone-0", "gone-1"], None, "unreadable: image changed since detection"),
+        ([f"o{i}" for i in range(half, n)], vectors[half:], None),
+    ]
+
+
+def _write_stage_shard(path, blocks, storage, dim=DIM):
+    """A shard as scripts/embed.py writes it."""
+    from rare_objects.stages.embedding import _embedding_table
+
+    schemas.write_embeddings(
+        _embedding_table(blocks, dim, storage), path, model="demo-clip", dim=dim, storage=storage
+    )
+
+
+def test_float16_storage_reads_back_what_was_written(tmp_path):
+    from rare_objects.io.embeddings import stored_dtype
+
+    vectors, blocks = _blocks(np.random.default_rng(1), 50)
+    path = tmp_path / "f16.parquet"
+    _write_stage_shard(path, blocks, "float16")
+    schema = pq.read_schema(path)
+    assert schema.field(EMBEDDING).type == pa.list_(pa.float16(), DIM)
+    assert schema.metadata[b"embedding_dtype"] == b"float16"
+    assert schema.metadata[b"dim"] == str(DIM).encode()
+    assert stored_dtype(path) == np.float16
+    # plain values, no dictionary (decoding one made reads about 5 times slower)
+    chunks = pq.ParquetFile(path).metadata.row_group(0)
+    (column,) = [
+        chunks.column(i)
+        for i in range(chunks.num_columns)
+        if "embedding" in chunks.column(i).path_in_schema
+    ]
+    assert not any("DICTIONARY" in encoding for encoding in column.encodings)
+    stored = vectors.astype(np.float16)  # numpy's rounding to nearest: what the stage stores
+    frame, X16 = read_embedding_matrix(path, dtype=np.float16)
+    assert frame["object_id"].tolist() == [f"o{i}" for i in range(50)]
+    assert X16.dtype == np.float16 and X16.flags.c_contiguous
+    assert X16.tobytes() == stored.tobytes()  # bit for bit
+    _, X32 = read_embedding_matrix(path)
+    assert X32.dtype == np.float32
+    np.testing.assert_array_equal(X32, stored.astype(np.float32))  # widening is exact
+    # the same values as the float32 shard read as float16
+    f32 = tmp_path / "f32.parquet"
+    _write_stage_shard(f32, blocks, "float32")
+    assert read_embedding_matrix(f32, dtype="float16")[1].tobytes() == stored.tobytes()
+    assert stored_dtype(f32) == np.float32
+
+
+def test_float32_storage_is_the_file_it_always_was(tmp_path):
+    """The default writes the bytes the embed stage wrote before there was a choice: the
+    table built from a float32 buffer, list<float32>, metadata embedding_model and dim."""
+    vectors, blocks = _blocks(np.random.default_rng(2), 40)
+    new = tmp_path / "new.parquet"
+    _write_stage_shard(new, blocks, "float32")
+    ids = [i for block_ids, _, _ in blocks for i in block_ids]
+    values = np.zeros((len(ids), DIM), dtype=np.float32)
+    valid = np.array([not i.startswith("gone") for i in ids])
+    values[valid] = vectors
+    errors = [None if v else blocks[1][2] for v in valid]
+    legacy = pa.table(
+        {
+            "object_id": pa.array(ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(values.ravel()), DIM, mask=pa.array(~valid)
+            ),
+            "error": pa.array(errors, pa.string()),
+        },
+        schema=pa.schema(
+            [
+                ("object_id", pa.string()),
+                ("embedding", pa.list_(pa.float32(), DIM)),
+                ("error", pa.string()),
+            ]
+        ),
+    )
+    old = tmp_path / "old.parquet"
+    schemas.write_table(legacy, legacy.schema, old, {"embedding_model": "demo-clip", "dim": DIM})
+    assert schemas.embeddings_schema(DIM) == legacy.schema
+    assert new.read_bytes() == old.read_bytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("block_rows", [1, 7, 16, 65536])
+def test_blocked_reader_equals_the_whole_matrix(shards, block_rows, dtype):
+    from rare_objects.io.embeddings import iter_embedding_blocks
+
+    paths, expected_ids = shards
+    whole_frame, whole = read_embedding_matrix(paths, columns=("object_id", "error"), dtype=dtype)
+    frames, blocks = [], []
+    for frame, X in iter_embedding_blocks(
+        paths, columns=("object_id", "error"), block_rows=block_rows, dtype=dtype
+    ):
+        assert 0 < len(X) <= block_rows and len(frame) == len(X)
+        assert X.dtype == dtype and X.flags.c_contiguous and X.flags.owndata
+        assert list(frame.index) == list(range(len(frame)))
+        frames.append(frame)
+        blocks.append(X)
+    assert np.concatenate(blocks).tobytes() == whole.tobytes()
+    joined = pd.concat(frames, ignore_index=True)
+    pd.testing.assert_frame_equal(joined, whole_frame)
+    assert joined["object_id"].tolist() == expected_ids
+    # float16 is the float32 matrix rounded to nearest
+    if dtype == np.float16:
+        _, X32 = read_embedding_matrix(paths)
+        assert whole.tobytes() == X32.astype(np.float16).tobytes()
+
+
+def test_blocked_reader_without_columns_and_without_paths(shards):
+    from rare_objects.io.embeddings import iter_embedding_blocks
+
+    paths, expected_ids = shards
+    sizes = [len(X) for frame, X in iter_embedding_blocks(paths, columns=(), block_rows=30)]
+    assert sum(sizes) == len(expected_ids)
+    assert list(iter_embedding_blocks([])) == []
+    with pytest.raises(ValueError, match="block_rows"):
+        next(iter_embedding_blocks(paths, block_rows=0))
+
+
+def test_mixed_float16_and_float32_shards_are_read_each_as_stored(tmp_path):
+    """Shards of both storages read together: each row is its shard's stored value."""
+    from rare_objects.io.embeddings import iter_embedding_blocks
+    from rare_objects.report.projection import read_embeddings_of
+
+    rng = np.random.default_rng(3)
+    paths, expected, rounded = [], [], []
+    for s, storage in enumerate(["float16", "float32", "float16"]):
+        vectors, blocks = _blocks(rng, 20 + s)
+        blocks = [([f"s{s}-{i}" for i in ids], v, e) for ids, v, e in blocks]
+        path = tmp_path / f"shard{s}.parquet"
+        _write_stage_shard(path, blocks, storage)
+        paths.append(path)
+        expected.append(vectors.astype(np.dtype(storage)).astype(np.float32))
+        rounded.append(vectors.astype(np.float16))
+    frame, X = read_embedding_matrix(paths)
+    np.testing.assert_array_equal(X, np.concatenate(expected))
+    assert read_embedding_matrix(paths, dtype=np.float16)[1].tobytes() == (
+        np.concatenate(rounded).tobytes()
+    )
+    blocked = np.concatenate([b for _, b in iter_embedding_blocks(paths, block_rows=8)])
+    np.testing.assert_array_equal(blocked, X)
+    # the report's map reads them too, float32
+    wanted = frame["object_id"].tolist()[::3]
+    ids, Y = read_embeddings_of(paths, wanted, batch_size=5)
+    assert ids.tolist() == wanted and Y.dtype == np.float32
+    np.testing.assert_array_equal(Y, X[::3])
+
+
+def test_other_embedding_types_and_dtypes_are_refused(tmp_path, shards):
+    path = tmp_path / "f64.parquet"
+    table = pa.table(
+        {
+            "object_id": ["a"],
+            "embedding": pa.array([[1.0] * DIM], type=pa.list_(pa.float64(), DIM)),
+            "error": pa.array([None], pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+    with pytest.raises(ValueError, match="expected fixed_size_list<float32> or"):
+        read_embedding_matrix(path)
+    with pytest.raises(ValueError, match="float32 or float16, not float64"):
+        read_embedding_matrix(shards[0], dtype=np.float64)
+    with pytest.raises(ValueError, match="embedding storage 'bfloat16'"):
+        schemas.embeddings_schema(DIM, "bfloat16")

@@ -63,6 +63,8 @@ class RuleInfo:
     name: str
     source: Path
     conda: str | None = None
+    # every env the directive may name: `"a.yaml" if SOMETHING else "b.yaml"` names two
+    condas: list[str] = field(default_factory=list)
     script: str | None = None
     run: bool = False
 
@@ -81,6 +83,12 @@ def _directive(body: str, name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _directive_choices(body: str, name: str) -> list[str]:
+    """Every string literal on the line of a directive's value (a conditional names several)."""
+    match = re.search(rf"^\s+{name}:\s*(?:#[^\n]*)?\n?(\s*[rf]?[\"'][^\n]*)$", body, re.MULTILINE)
+    return re.findall(r"[\"']([^\"'\n]+)[\"']", match.group(1)) if match else []
+
+
 def parse_rules(path: Path) -> list[RuleInfo]:
     """Rules of one .smk file with their conda:, script: and run: directives (by regex)."""
     text = path.read_text()
@@ -96,6 +104,7 @@ def parse_rules(path: Path) -> list[RuleInfo]:
                 name=match.group(1),
                 source=path,
                 conda=_directive(body, "conda"),
+                condas=_directive_choices(body, "conda"),
                 script=_directive(body, "script"),
                 run=bool(re.search(r"^\s+run:\s*(?:#.*)?$", body, re.MULTILINE)),
             )
@@ -286,6 +295,30 @@ def read_requirements(path: Path) -> dict[str, str]:
     return pins
 
 
+def _env_problems(rule: RuleInfo, conda: str, package_root: Path) -> list[str]:
+    """What env ``conda`` lacks for ``rule``'s script."""
+    problems = []
+    env_path = rule.path(conda)
+    if not env_path.is_file():
+        return [f"rule {rule.name}: conda env {conda} does not exist"]
+    _, packages = parse_env(env_path)
+    provided = {package.name for package in packages}
+    if not rule.script:
+        return []
+    script = rule.path(rule.script)
+    if not script.is_file():
+        return [f"rule {rule.name}: script {rule.script} does not exist"]
+    imports = collect_imports(script, package_root)
+    for module in sorted(imports.missing_internal):
+        problems.append(f"rule {rule.name}: {script.name} imports {module}, which has no file")
+    for dist, files in sorted(required_distributions(imports).items()):
+        if dist not in provided:
+            problems.append(
+                f"rule {rule.name}: {env_path.name} lacks {dist} (imported by {', '.join(sorted(files))})"
+            )
+    return problems
+
+
 def check_rules(rules: list[RuleInfo], package_root: Path) -> list[str]:
     """Every problem found: rules without conda:, missing files, uncovered or unpinned imports."""
     problems = []
@@ -297,26 +330,8 @@ def check_rules(rules: list[RuleInfo], package_root: Path) -> list[str]:
                 f"rule {rule.name} ({rule.source.name}) has a script:/run: but no conda: directive"
             )
             continue
-        env_path = rule.path(rule.conda)
-        if not env_path.is_file():
-            problems.append(f"rule {rule.name}: conda env {rule.conda} does not exist")
-            continue
-        _, packages = parse_env(env_path)
-        provided = {package.name for package in packages}
-        if not rule.script:
-            continue
-        script = rule.path(rule.script)
-        if not script.is_file():
-            problems.append(f"rule {rule.name}: script {rule.script} does not exist")
-            continue
-        imports = collect_imports(script, package_root)
-        for module in sorted(imports.missing_internal):
-            problems.append(f"rule {rule.name}: {script.name} imports {module}, which has no file")
-        for dist, files in sorted(required_distributions(imports).items()):
-            if dist not in provided:
-                problems.append(
-                    f"rule {rule.name}: {env_path.name} lacks {dist} (imported by {', '.join(sorted(files))})"
-                )
+        for conda in rule.condas or [rule.conda]:
+            problems += _env_problems(rule, conda, package_root)
     return problems
 
 
@@ -348,8 +363,9 @@ def test_every_rule_with_code_uses_an_existing_env():
     assert rules, "no rule with a script: or run: directive found"
     for rule in rules:
         assert rule.conda, f"rule {rule.name} has no conda: directive"
-        assert rule.path(rule.conda).parent == ENVS_DIR.resolve(), rule.conda
-        assert rule.path(rule.conda).is_file(), rule.conda
+        for conda in rule.condas or [rule.conda]:
+            assert rule.path(conda).parent == ENVS_DIR.resolve(), conda
+            assert rule.path(conda).is_file(), conda
 
 
 @pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)

@@ -12,6 +12,7 @@ from rare_objects.neighbors.search import (
     knn,
     normalised,
     similar_pairs,
+    torch_knn,
 )
 
 
@@ -155,3 +156,35 @@ def test_normalised_keeps_unit_input():
     assert normalised(X) is X
     Y = normalised(X * 3)
     np.testing.assert_allclose(np.linalg.norm(Y, axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("query_block, base_block", [(4096, 1 << 20), (700, 1000), (1, 333)])
+def test_torch_brute_force_equals_the_exact_neighbours(query_block, base_block):
+    # The GPU path of the search, run here on the CPU device: blocked over queries and over
+    # rows, with duplicates (ties at distance 0) among the rows.
+    X = clustered(n=2500, dim=48, duplicates=40, seed=3)
+    dist, ind = torch_knn(X, 12, "cpu", query_block=query_block, base_block=base_block)
+    d, exact_ind = exact_knn(X, 13)  # one more: the 12th may tie with the 13th
+    np.testing.assert_allclose(dist, d[:, :12], atol=2e-6)
+    # the same neighbours wherever the distances do not tie (ties: by row number here)
+    tied = np.zeros_like(d, dtype=bool)
+    tied[:, 1:] |= np.isclose(d[:, 1:], d[:, :-1], atol=1e-6)
+    tied[:, :-1] |= np.isclose(d[:, :-1], d[:, 1:], atol=1e-6)
+    tied, exact_ind = tied[:, :12], exact_ind[:, :12]
+    assert (ind[~tied] == exact_ind[~tied]).all()
+    assert tied.mean() < 0.05  # the comparison is not empty
+    n = len(X)
+    assert not (ind == np.arange(n)[:, None]).any()  # never a row's own neighbour
+    twin = n - 1  # a duplicate row: its first neighbour is its twin, at distance 0
+    assert dist[twin, 0] == 0.0
+
+
+def test_torch_brute_force_sorts_ties_by_row_and_checks_k():
+    X = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # every row has two twins
+    dist, ind = torch_knn(X, 2, "cpu", query_block=5, base_block=4)
+    assert (dist == 0).all()
+    for row in range(len(X)):
+        twins = [r for r in range(3 * (row // 3), 3 * (row // 3) + 3) if r != row]
+        assert ind[row].tolist() == twins
+    with pytest.raises(ValueError):
+        torch_knn(X, len(X), "cpu")

@@ -200,9 +200,14 @@ def test_a_detection_result_setting_reruns_detect_and_everything_after(workflow_
     assert "detector_classes" not in planned  # it reads the weights only
 
 
-def test_an_embedding_result_setting_reruns_embed_and_everything_after(workflow_run):
+@pytest.mark.parametrize(
+    "path, value",
+    [(("embedder", "precision"), "bf16"), (("embedder", "storage"), "float16")],
+    ids=["embedder.precision", "embedder.storage"],
+)
+def test_an_embedding_result_setting_reruns_embed_and_everything_after(workflow_run, path, value):
     workdir, config = workflow_run
-    planned = planned_jobs(workdir, _set(config, ("embedder", "precision"), "bf16"))
+    planned = planned_jobs(workdir, _set(config, path, value))
     assert planned["embed"] == _shards(workdir)
     assert set(planned) == {"embed"} | DOWNSTREAM_OF_OUTLIERS | {"all"}
 
@@ -265,3 +270,30 @@ def test_a_file_replaced_in_a_model_folder_reruns_its_stage(workflow_run):
     assert not {"detect", "embed", "outliers", "select_objects"} & set(planned)
     assert {"analyse_concepts", "export_results"} <= set(planned)
     assert planned_jobs(workdir, config) == {}
+
+
+def _rule_block(text: str, rule: str) -> dict[str, str]:
+    """The first `rule <rule>:` block of a dry run's output, as {field: value}."""
+    block = None
+    for line in text.splitlines():
+        if line.startswith("rule "):
+            if block is not None:
+                break
+            block = {} if line.strip() == f"rule {rule}:" else None
+        elif block is not None and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            block[key] = value
+    return block or {}
+
+
+def test_the_neighbour_search_goes_on_a_gpu_only_when_outliers_device_says_so(workflow_run):
+    workdir, config = workflow_run
+    # the default (cpu) is no param at all: the runs made before the setting stay up to date
+    assert planned_jobs(workdir, _set(config, ("outliers", "device"), "cpu")) == {}
+    on_gpu = _set(config, ("outliers", "device"), "cuda")
+    planned = planned_jobs(workdir, on_gpu)
+    assert planned["outliers"] == 1 and "detect" not in planned and "embed" not in planned
+    result = run_snakemake(workdir, on_gpu, "--dry-run")
+    block = _rule_block(result.stdout + result.stderr, "outliers")
+    resources = dict(item.split("=", 1) for item in block["resources"].split(", "))
+    assert resources["gpu"] == "1"

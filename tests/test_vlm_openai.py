@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -252,3 +253,42 @@ def test_make_captioner_openai_from_workflow_settings(api_key):
     assert make_captioner("none", settings) is None
     with pytest.raises(ValueError):
         make_captioner("bogus", settings)
+
+
+def test_one_slow_request_does_not_hold_up_the_feed(api_key, tmp_path):
+    # caption_objects hands the whole partition to the captioner as one rolling feed: while
+    # the first crop's request hangs, the workers go on with every other crop. (In groups of
+    # 2 x concurrency crops, as before, the rest would wait for the slow request's group.)
+    from rare_objects.io import images as imgs
+    from rare_objects.stages.captions import caption_objects
+
+    path = tmp_path / "frame.png"
+    Image.new("RGB", (200, 60), (90, 140, 60)).save(path)
+    widths = list(range(30, 90))
+    objects = pd.DataFrame(
+        {
+            "object_id": [f"o{w}" for w in widths],
+            "image_path": str(path),
+            "class_name": "car",
+            "confidence": 0.9,
+            "needs_vlm": True,
+            "x1": 0.0,
+            "y1": 0.0,
+            "x2": [float(w) for w in widths],
+            "y2": 20.0,
+        }
+    )
+    concurrency = 4
+    with FakeOpenAIServer(faults={30: ["slow"]}, hang_s=3.0, work_s=0.01) as server:
+        captioner = OpenAICaptioner(
+            server.base_url, "m", api_key_env=KEY_ENV, concurrency=concurrency, timeout_s=30
+        )
+        out = caption_objects(
+            objects, captioner, batch_size=2 * concurrency, open_image=imgs.open_rgb
+        )
+        answered = list(server.answered)
+        captioner.close()
+    assert out["description"].tolist() == [f"object {w}x20" for w in widths]  # input order
+    assert sorted(answered) == widths
+    # every other crop was answered before the slow one came back
+    assert answered[-1] == 30 and len(answered) - 1 > 2 * concurrency

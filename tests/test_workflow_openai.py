@@ -108,3 +108,79 @@ def test_caption_jobs_through_an_openai_server_dead_then_alive(
     planned = planned_jobs(workdir, with_openai(timeout_s=9))
     assert planned["caption"] == config["captions"]["partitions"]
     assert planned["analyse_concepts"] == 1
+
+
+def _caption_only_run(workdir, base_url: str, n_images: int = 30, per_image: int = 5) -> dict:
+    """Images, a selection table that sends every object to the VLM, and a configuration
+    whose only job to run is the caption rule (``--allowed-rules caption``)."""
+    from rare_objects.demo.caption_workload import write_caption_workload
+
+    images, _ = write_caption_workload(workdir, n_images, per_image, image_size=(200, 60), seed=0)
+    models = workdir / "no-demo-models"  # never built: only the caption rule may run
+    return workflow_config(
+        workdir / "results",
+        images,
+        models,
+        captions={
+            "backend": "openai",
+            "partitions": 1,
+            "vlm_for": ["all"],
+            "openai": {"base_url": base_url, "model": "served-vlm", "concurrency": 2},
+        },
+    )
+
+
+def test_a_killed_caption_job_reruns_to_the_table_of_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from tests.conftest import REPO, SNAKEMAKE
+
+    part = "results/tables/captions/part-000.parquet"
+    with FakeOpenAIServer(work_s=0.05, lifetime_s=600) as server:
+        whole = tmp_path / "whole"
+        config = _caption_only_run(whole, server.base_url)
+        run_snakemake(whole, config, str(whole / part), "--allowed-rules", "caption")
+        expected = pd.read_parquet(whole / part)
+        assert len(expected) == 150 and expected["error"].isna().all()
+
+        killed = tmp_path / "killed"
+        config = _caption_only_run(killed, server.base_url)
+        (killed / "run-config.yaml").write_text(yaml.safe_dump(config))
+        command = [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(killed),
+            "--configfile",
+            str(killed / "run-config.yaml"),
+            "--cores",
+            "2",
+            str(killed / part),
+            "--allowed-rules",
+            "caption",
+        ]
+        job = subprocess.Popen(
+            command,
+            cwd=killed,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        log = killed / "results" / "logs" / "caption" / "part-000.log"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and "captions: 50/150" in log.read_text()):
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended early"
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)  # the whole job, as a node failure would
+        job.wait()
+        assert not (killed / part).exists()  # nothing half-written is left as the output
+
+        run_snakemake(killed, config, "--unlock")
+        run_snakemake(killed, config, str(killed / part), "--allowed-rules", "caption")
+        pd.testing.assert_frame_equal(pd.read_parquet(killed / part), expected)

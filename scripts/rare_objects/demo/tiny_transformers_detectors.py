@@ -106,6 +106,21 @@ def bert_tokenizer(words: Iterable[str] | None = None, max_length: int = 64):
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=max_length)
 
 
+def _tiny_swin():
+    """The tiny Swin backbone of the Grounding DINO and OmDet-Turbo builds (3 feature levels)."""
+    from transformers import SwinConfig
+
+    return SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_indices=[2, 3, 4],
+    )
+
+
 def build_tiny_owlv2(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -173,19 +188,10 @@ def build_tiny_grounding_dino(
             GroundingDinoForObjectDetection,
             GroundingDinoImageProcessor,
             GroundingDinoProcessor,
-            SwinConfig,
         )
 
         tokenizer = bert_tokenizer(words)
-        backbone = SwinConfig(
-            image_size=64,
-            patch_size=4,
-            embed_dim=8,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_indices=[2, 3, 4],
-        )
+        backbone = _tiny_swin()
         text = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=32,
@@ -244,19 +250,10 @@ def build_tiny_omdet_turbo(
             OmDetTurboConfig,
             OmDetTurboForObjectDetection,
             OmDetTurboProcessor,
-            SwinConfig,
         )
 
         tokenizer = clip_tokenizer(words, max_length=77)  # the processor pads to 77 tokens
-        backbone = SwinConfig(
-            image_size=64,
-            patch_size=4,
-            embed_dim=8,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            out_indices=[2, 3, 4],
-        )
+        backbone = _tiny_swin()
         text = CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=32,

@@ -1,11 +1,22 @@
-"""Read the per-shard embedding tables into one float32 matrix, streaming.
+"""Read the per-shard embedding tables into one matrix, or block by block, streaming.
 
 At nuScenes scale the embeddings are tens of millions of rows; building a
 Python list of vectors (or a pyarrow table and then ``np.stack``) holds two or
 three copies of them at once. :func:`read_embedding_matrix` counts the valid
 rows first (a pass over the small ``error`` column only), allocates the
 matrix once, and fills it from record batches, so the peak is the matrix plus
-one batch.
+one batch. A stage that does not need every row at once reads
+:func:`iter_embedding_blocks` instead: the same rows in the same order, at most
+``block_rows`` at a time.
+
+Shards store float32 or float16 values (``embedder.storage``,
+:func:`rare_objects.io.schemas.embeddings_schema`); both readers return the
+``dtype`` asked for, float32 by default: a float16 value widens exactly, a
+float32 one read as float16 is rounded to nearest, as the embed stage rounds it
+when it stores float16. Shards of both kinds may be read together (a run that
+changed embedder.storage reruns every embed job, so a mixture is only met
+outside the workflow); each row is what its shard stores, in ``dtype``.
+At 10,000,000 x 512 the float32 matrix is 20 GB, the float16 one 10 GB.
 
 A row is valid when its ``embedding`` is not null and its ``error`` is null
 (the contract of :func:`rare_objects.io.schemas.embeddings_schema`); other rows
@@ -15,7 +26,7 @@ are skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +37,9 @@ import pyarrow.parquet as pq
 
 EMBEDDING = "embedding"
 ERROR = "error"
+# The value types a shard may store (embedder.storage) and the dtypes the readers return.
+STORED_TYPES = (pa.float32(), pa.float16())
+DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def _as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -34,13 +48,29 @@ def _as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[st
     return [os.fspath(p) for p in paths]
 
 
+def _as_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"embeddings are read as float32 or float16, not {dtype}")
+    return dtype
+
+
 def _embedding_dim(schema: pa.Schema, path: str) -> int:
     field = schema.field(EMBEDDING)
-    if not pa.types.is_fixed_size_list(field.type):
+    if not pa.types.is_fixed_size_list(field.type) or field.type.value_type not in STORED_TYPES:
         raise ValueError(
-            f"{path}: column 'embedding' is {field.type}, expected fixed_size_list<float32>"
+            f"{path}: column 'embedding' is {field.type},"
+            " expected fixed_size_list<float32> or fixed_size_list<float16>"
         )
     return field.type.list_size
+
+
+def stored_dtype(path: str | os.PathLike) -> np.dtype:
+    """The dtype the embeddings of the shard ``path`` are stored in (float32 or float16)."""
+    path = os.fspath(path)
+    schema = pq.read_schema(path)
+    _embedding_dim(schema, path)
+    return np.dtype(schema.field(EMBEDDING).type.value_type.to_pandas_dtype())
 
 
 def _valid_mask(batch: pa.RecordBatch) -> np.ndarray:
@@ -58,36 +88,22 @@ def _count_valid(dataset: ds.Dataset) -> int:
     return dataset.count_rows(filter=ds.field(ERROR).is_null())
 
 
-def _batch_vectors(column: pa.Array, dim: int) -> np.ndarray:
-    """(len, dim) float32 view of a fixed-size-list column (null rows hold filler)."""
+def _batch_vectors(column: pa.Array, dim: int, dtype=np.float32) -> np.ndarray:
+    """(len, dim) ``dtype`` array of a fixed-size-list column (null rows hold filler): a view
+    of the batch's values when they are stored in ``dtype``, else a converted copy."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.values.slice(column.offset * dim, len(column) * dim)
-    if values.type != pa.float32():
+    if values.type not in STORED_TYPES:
         values = values.cast(pa.float32())
-    return values.to_numpy(zero_copy_only=False).reshape(len(column), dim)
+    vectors = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return vectors.reshape(len(column), dim)
 
 
-def read_embedding_matrix(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    columns: Sequence[str] = ("object_id",),
-    batch_size: int = 65536,
-    dim: int | None = None,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Gather the valid embeddings of ``paths`` (in order) into one matrix.
-
-    Returns ``(frame, X)``: ``frame`` holds ``columns`` for the valid rows
-    (index 0..n-1) and ``X`` is a C-contiguous float32 array of shape
-    ``(n, dim)``; row ``i`` of both is the same object. Files are read in the
-    given order and rows in file order. ``dim`` is taken from the files'
-    schema; pass it to get a ``(0, dim)`` matrix when ``paths`` is empty.
-    """
-    paths = _as_paths(paths)
-    columns = list(columns)
-    if not paths:
-        frame = pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
-        return frame, np.empty((0, dim or 0), dtype=np.float32)
-
+def _open(
+    paths: list[str], columns: list[str], dim: int | None
+) -> tuple[list[ds.Dataset], int | None]:
+    """The shards' datasets, their common ``dim`` checked, and ``columns`` present in each."""
     datasets = [ds.dataset(path, format="parquet") for path in paths]
     for path, dataset in zip(paths, datasets):
         file_dim = _embedding_dim(dataset.schema, path)
@@ -98,49 +114,115 @@ def read_embedding_matrix(
         missing = [c for c in columns if c not in dataset.schema.names]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}")
+    return datasets, dim
 
-    capacity = sum(_count_valid(dataset) for dataset in datasets)
-    X = np.empty((capacity, dim), dtype=np.float32)
+
+def _valid_batches(
+    paths: list[str], columns: list[str], batch_size: int, dim: int, dtype: np.dtype
+) -> Iterator[tuple[pa.RecordBatch | None, np.ndarray]]:
+    """``(kept, vectors)`` for each record batch with valid rows, in file and row order:
+    ``columns`` of its valid rows (None without columns) and their ``(m, dim)`` vectors
+    in ``dtype`` (m <= batch_size; a view into the batch where no conversion was needed)."""
     read_columns = list(
         dict.fromkeys([*columns, EMBEDDING, *([ERROR] if ERROR not in columns else [])])
     )
-    pieces: list[pa.Table] = []
-    filled = 0
-    for path, dataset in zip(paths, datasets):
-        names = [c for c in read_columns if c in dataset.schema.names]
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        names = [c for c in read_columns if c in parquet.schema_arrow.names]
         # One file at a time, batches in file order (ordered, bounded memory).
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=names):
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=names):
             if batch.num_rows == 0:
                 continue
             mask = _valid_mask(batch)
             m = int(mask.sum())
             if m == 0:
                 continue
-            if filled + m > capacity:
-                raise ValueError(
-                    f"{path}: more valid embeddings than counted ({filled + m} > {capacity})"
-                )
-            vectors = _batch_vectors(batch.column(EMBEDDING), dim)
-            if m == batch.num_rows:
-                X[filled : filled + m] = vectors
-            else:
-                np.compress(mask, vectors, axis=0, out=X[filled : filled + m])
-            if columns:
-                kept = batch.select(columns)
-                if m != batch.num_rows:
+            vectors = _batch_vectors(batch.column(EMBEDDING), dim, dtype)
+            kept = batch.select(columns) if columns else None
+            if m != batch.num_rows:
+                vectors = vectors[mask]
+                if kept is not None:
                     kept = kept.filter(pa.array(mask))
-                pieces.append(pa.Table.from_batches([kept]))
-            filled += m
+            yield kept, vectors
+
+
+def _empty_frame(datasets: list[ds.Dataset], columns: list[str]) -> pd.DataFrame:
+    return pa.schema([datasets[0].schema.field(c) for c in columns]).empty_table().to_pandas()
+
+
+def iter_embedding_blocks(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    columns: Sequence[str] = ("object_id",),
+    block_rows: int = 65536,
+    dtype=np.float32,
+) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """The valid embeddings of ``paths`` block by block: ``(frame, X)`` of at most
+    ``block_rows`` rows each, ``frame`` holding ``columns`` (index 0..m-1) and ``X`` a
+    C-contiguous ``(m, dim)`` array of ``dtype`` (float32 or float16).
+
+    The blocks, concatenated, are :func:`read_embedding_matrix`'s ``(frame, X)``: the same
+    rows in the same order. Memory is one block (plus one record batch of the file).
+    """
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    paths = _as_paths(paths)
+    columns = list(columns)
+    dtype = _as_dtype(dtype)
+    if not paths:
+        return
+    datasets, dim = _open(paths, columns, None)
+    for kept, vectors in _valid_batches(paths, columns, block_rows, dim, dtype):
+        if kept is not None:
+            frame = kept.to_pandas()
+        else:
+            frame = pd.DataFrame(index=pd.RangeIndex(len(vectors)))
+        # the batch's own buffer when no conversion was needed: copy, so a block
+        # kept by the caller does not hold the whole record batch
+        yield frame, np.array(vectors, dtype=dtype, order="C", copy=True)
+
+
+def read_embedding_matrix(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    columns: Sequence[str] = ("object_id",),
+    batch_size: int = 65536,
+    dim: int | None = None,
+    dtype=np.float32,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Gather the valid embeddings of ``paths`` (in order) into one matrix.
+
+    Returns ``(frame, X)``: ``frame`` holds ``columns`` for the valid rows
+    (index 0..n-1) and ``X`` is a C-contiguous array of ``dtype`` (float32, the
+    default, or float16: half the memory) of shape ``(n, dim)``; row ``i`` of
+    both is the same object. Files are read in the given order and rows in file
+    order; shards stored in float32 or float16 alike. ``dim`` is taken from the
+    files' schema; pass it to get a ``(0, dim)`` matrix when ``paths`` is empty.
+    """
+    paths = _as_paths(paths)
+    columns = list(columns)
+    dtype = _as_dtype(dtype)
+    if not paths:
+        frame = pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
+        return frame, np.empty((0, dim or 0), dtype=dtype)
+
+    datasets, dim = _open(paths, columns, dim)
+    capacity = sum(_count_valid(dataset) for dataset in datasets)
+    X = np.empty((capacity, dim), dtype=dtype)
+    pieces: list[pa.Table] = []
+    filled = 0
+    for kept, vectors in _valid_batches(paths, columns, batch_size, dim, dtype):
+        m = len(vectors)
+        if filled + m > capacity:
+            raise ValueError(f"more valid embeddings than counted ({filled + m} > {capacity})")
+        X[filled : filled + m] = vectors
+        if kept is not None:
+            pieces.append(pa.Table.from_batches([kept]))
+        filled += m
     if filled < capacity:
         # Only when a row has an embedding that is null while error is null
         # too (a writer breaking the contract): drop the unused tail.
         X = X[:filled].copy()
     if columns:
-        if pieces:
-            table = pa.concat_tables(pieces)
-        else:
-            table = pa.schema([datasets[0].schema.field(c) for c in columns]).empty_table()
-        frame = table.to_pandas()
+        frame = pa.concat_tables(pieces).to_pandas() if pieces else _empty_frame(datasets, columns)
     else:
         frame = pd.DataFrame(index=pd.RangeIndex(filled))
     return frame.reset_index(drop=True), X

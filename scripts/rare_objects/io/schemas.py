@@ -71,8 +71,24 @@ IMAGES = pa.schema(
 )
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """One row per object: its L2-normalised image embedding.
+# embedder.storage: the value type of the embedding column. float16 halves the files and
+# what a gather stage may hold (rare_objects.io.embeddings reads either, as float32 or float16).
+EMBEDDING_STORAGE = {"float32": pa.float32(), "float16": pa.float16()}
+DEFAULT_EMBEDDING_STORAGE = "float32"
+
+
+def embedding_value_type(storage: str = DEFAULT_EMBEDDING_STORAGE) -> pa.DataType:
+    """The arrow type of one embedding value for ``storage`` (``float32`` or ``float16``)."""
+    try:
+        return EMBEDDING_STORAGE[storage]
+    except KeyError:
+        known = ", ".join(EMBEDDING_STORAGE)
+        raise ValueError(f"embedding storage {storage!r}: expected one of {known}") from None
+
+
+def embeddings_schema(dim: int, storage: str = DEFAULT_EMBEDDING_STORAGE) -> pa.Schema:
+    """One row per object: its L2-normalised image embedding, ``dim`` values of
+    ``storage`` (``float32``, the default, or ``float16``: embedder.storage).
 
     ``error`` is null when the embedding is valid; otherwise the embedding is
     null and ``error`` says why (e.g. the image changed since detection).
@@ -80,9 +96,46 @@ def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
             ("object_id", pa.string()),
-            ("embedding", pa.list_(pa.float32(), dim)),
+            ("embedding", pa.list_(embedding_value_type(storage), dim)),
             ("error", pa.string()),
         ]
+    )
+
+
+def embeddings_metadata(model: str, dim: int, storage: str = DEFAULT_EMBEDDING_STORAGE) -> dict:
+    """The parquet metadata of an embeddings shard: the model, ``dim`` and, when it is not
+    the default float32, ``embedding_dtype`` (a float32 shard is the bytes it always was)."""
+    embedding_value_type(storage)  # checks it
+    metadata = {"embedding_model": model, "dim": dim}
+    if storage != DEFAULT_EMBEDDING_STORAGE:
+        metadata["embedding_dtype"] = storage
+    return metadata
+
+
+def write_embeddings(
+    table: pa.Table,
+    path: str | os.PathLike,
+    *,
+    model: str,
+    dim: int,
+    storage: str = DEFAULT_EMBEDDING_STORAGE,
+) -> None:
+    """Write an embeddings shard (the embed stage's table) to ``path``, atomically.
+
+    float16 values are written without a dictionary: parquet's dictionary encoding keeps
+    them in one (there are at most 65,536 of them), and decoding it made reading the
+    shard about 5 times slower than plain values (bench/storage.py). float32 shards are
+    written as they always were (parquet falls back to plain values there by itself).
+    """
+    options = {}
+    if storage != DEFAULT_EMBEDDING_STORAGE:
+        options["use_dictionary"] = ["object_id", "error"]
+    write_table(
+        table,
+        embeddings_schema(dim, storage),
+        path,
+        embeddings_metadata(model, dim, storage),
+        **options,
     )
 
 
@@ -206,8 +259,11 @@ def write_table(
     schema: pa.Schema,
     path: str | os.PathLike,
     metadata: dict | None = None,
+    **parquet_options,
 ) -> None:
-    """Cast ``table`` (an arrow table or a DataFrame) to ``schema``; write it atomically to ``path``."""
+    """Cast ``table`` (an arrow table or a DataFrame) to ``schema``; write it atomically to ``path``.
+
+    ``parquet_options``: further keywords of :func:`pyarrow.parquet.write_table`."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     table = table.select(schema.names).cast(schema)
@@ -216,7 +272,7 @@ def write_table(
         merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
     with atomic.atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", **parquet_options)
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -16,9 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from rare_objects.io.embeddings import EMBEDDING, _as_paths, _batch_vectors, _valid_mask
+from rare_objects.io.embeddings import iter_embedding_blocks
 from rare_objects.report import tsne
 from rare_objects.report.shown_objects import final_outlier_mask, first_flag
 
@@ -75,24 +74,22 @@ def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
 def read_embeddings_of(
     paths, object_ids: Iterable[str], batch_size: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order.
+    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order,
+    float32 whether the shards store float32 or float16.
 
-    Reads ``object_id`` and ``embedding`` one record batch at a time and keeps
-    only the wanted rows, so memory is the wanted vectors plus one batch.
+    Reads the embeddings one block at a time
+    (:func:`rare_objects.io.embeddings.iter_embedding_blocks`) and keeps only the wanted
+    rows, so memory is the wanted vectors plus one block.
     """
     wanted = pd.Index(pd.unique(np.asarray(list(object_ids), dtype=object)))
     ids: list[np.ndarray] = []
     blocks: list[np.ndarray] = []
-    for path in _as_paths(paths):
-        parquet = pq.ParquetFile(path)
-        names = [c for c in ("object_id", EMBEDDING, "error") if c in parquet.schema_arrow.names]
-        dim = parquet.schema_arrow.field(EMBEDDING).type.list_size
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=names):
-            batch_ids = batch.column("object_id").to_numpy(zero_copy_only=False)
-            keep = (wanted.get_indexer(batch_ids) >= 0) & _valid_mask(batch)
-            if keep.any():
-                ids.append(batch_ids[keep])
-                blocks.append(_batch_vectors(batch.column(EMBEDDING), dim)[keep].copy())
+    for frame, X in iter_embedding_blocks(paths, block_rows=batch_size):
+        batch_ids = frame["object_id"].to_numpy(dtype=object)
+        keep = wanted.get_indexer(batch_ids) >= 0
+        if keep.any():
+            ids.append(batch_ids[keep])
+            blocks.append(X[keep])
     if not blocks:
         return np.empty(0, dtype=object), np.empty((0, 0), dtype=np.float32)
     return np.concatenate(ids), np.concatenate(blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from rare_objects.runtime import offline
 from rare_objects.runtime.logs import setup_rule_logging
@@ -18,11 +19,11 @@ def start_rule(snakemake):
     # MKL's results otherwise depend on the alignment of its buffers, so the same
     # inputs could give embeddings that differ in the last bits from run to run.
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-    try:
-        import torch
-
+    # torch reads OMP_NUM_THREADS when it is first imported; a script that has imported it
+    # already gets the count set here. Not imported for that alone: a job that talks to a
+    # server (the openai caption backend) never needs torch, and importing it costs seconds.
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
     log.info("rule %s started (threads=%d)", snakemake.rule, threads)
     return log

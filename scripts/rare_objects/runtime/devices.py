@@ -52,9 +52,17 @@ def resolve_device(requested: str = "auto") -> str:
     visible to this process: Slurm's --gres and a scheduler's CUDA_VISIBLE_DEVICES
     decide which physical GPU that is.
     """
-    if requested == "auto" and not gpu_visible():
+    if requested == "cpu" or (requested == "auto" and not gpu_visible()):
         return "cpu"
-    import torch
+    try:
+        import torch
+    except ImportError:  # an environment without torch (the CPU rules'): no GPU work there
+        if requested == "auto":
+            return "cpu"
+        raise RuntimeError(
+            f"device {requested!r} needs torch, which this environment lacks "
+            "(envs/vision.yaml has it)"
+        ) from None
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,7 +89,12 @@ def resolve_dtype(requested: str, device: str, gpu_auto: str = "fp16"):
     back to fp16 on a GPU that cannot run bf16. Each model states its ``gpu_auto``:
     the precision it is published for (open_clip's fp16, Qwen2-VL's bf16).
     """
-    import torch
+    try:
+        import torch
+    except ImportError:  # only the model rules ask, and their environment has torch
+        raise RuntimeError(
+            "a model's precision needs torch, which this environment lacks"
+        ) from None
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if requested not in PRECISIONS:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from rare_objects.backends import captioning
 from rare_objects.io import images as imgs
 from rare_objects.io.schemas import CAPTIONS
 
@@ -76,9 +77,10 @@ def caption_objects(
 
     ``objects`` has the columns of :data:`REQUIRED_COLUMNS`; bbox is in original
     image pixels. Each image is opened once (rows are grouped by
-    ``image_path``); crops of rows with ``needs_vlm`` go to ``captioner`` in
-    groups of ``batch_size`` (the captioner may batch further), so that at most
-    that many crops are held in memory. With ``captioner=None`` (backend
+    ``image_path``); crops of rows with ``needs_vlm`` go to ``captioner`` as one
+    feed (:func:`rare_objects.backends.captioning.caption_stream`: its own
+    rolling feed where it has one, else groups of ``batch_size``), so that a
+    bounded number of crops is held in memory. With ``captioner=None`` (backend
     "none") every row gets a simple caption. An empty VLM answer counts as a
     failure. A progress line goes to ``log`` (a logger or a callable) every
     ``progress_every`` objects and at the end. ``open_image`` opens an image
@@ -143,36 +145,23 @@ def caption_objects(
     if n_simple:
         progress(n_simple)
 
-    pending: list[tuple[int, Any]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        idx = [i for i, _ in pending]
-        crops = [c for _, c in pending]
-        pending.clear()
-        try:
-            results = list(captioner.caption(crops))
-            if len(results) != len(crops):
-                raise RuntimeError(
-                    f"captioner returned {len(results)} answers for {len(crops)} crops"
-                )
-        except Exception as exc:  # noqa: BLE001 - the whole call failed: every row gets the error
-            results = [exc] * len(crops)
-        for i, result in zip(idx, results):
-            if isinstance(result, BaseException):
-                vlm_row(i, error=_error_text(result))
-            elif not isinstance(result, str) or not result.strip():
-                vlm_row(i, error="empty caption from the VLM")
-            else:
-                vlm_row(i, description=result.strip())
-        progress(len(idx))
+    def record(i: int, result) -> None:
+        if isinstance(result, BaseException):
+            vlm_row(i, error=_error_text(result))
+        elif not isinstance(result, str) or not result.strip():
+            vlm_row(i, error="empty caption from the VLM")
+        else:
+            vlm_row(i, description=result.strip())
+        progress(1)
 
     vlm_positions = [i for i in range(n) if needs[i]]
-    if vlm_positions:
+
+    def crops():
+        """(row, crop) of every VLM row, each image decoded once, in threads that run ahead
+        (the captioner reads this as it needs crops); a row whose image or crop fails gets
+        its error here."""
         paths = objects["image_path"].tolist()
         boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
-        # Decode the next images in threads while the captioner works on the current crops.
         loaded = imgs.iter_image_rows(
             [paths[i] for i in vlm_positions],
             open_image,
@@ -194,14 +183,17 @@ def caption_objects(
                         vlm_row(i, error=f"crop failed: {_error_text(exc)}")
                         progress(1)
                         continue
-                    pending.append((i, crop))
-                    if len(pending) >= batch_size:
-                        flush()
+                    yield i, crop
             finally:
                 close = getattr(image, "close", None)
                 if close:
                     close()
-        flush()
+
+    if vlm_positions:
+        # One feed for the whole partition (captioning.caption_stream): the answers come back
+        # in any order, each to its own row.
+        for i, result in captioning.caption_stream(captioner, crops(), batch_size):
+            record(i, result)
 
     frame = pd.DataFrame(rows, columns=CAPTIONS.names)
     n_vlm = len(vlm_positions)

@@ -29,10 +29,12 @@ def embed_objects(
     batch_size: int,
     loader_workers: int,
     open_image=images.open_rgb,
+    storage: str = "float32",
 ) -> pa.Table:
     """Embeddings of every row of ``detections`` by ``model`` (a loaded embedder,
     :class:`rare_objects.backends.embedders.EmbeddingModel`) as a table of
-    ``embeddings_schema(model.dim)``.
+    ``embeddings_schema(model.dim, storage)``: ``storage`` ``float16``
+    (embedder.storage) stores each value rounded to the nearest float16.
 
     An object whose image can no longer be read gets a null embedding and the
     reason in ``error``; every detection keeps its row.
@@ -80,15 +82,16 @@ def embed_objects(
         if len(batch_ids) >= batch_size:
             flush()
     flush()
-    return _embedding_table(blocks, model.dim)
+    return _embedding_table(blocks, model.dim, storage)
 
 
-def _embedding_table(blocks, dim: int) -> pa.Table:
+def _embedding_table(blocks, dim: int, storage: str = "float32") -> pa.Table:
     """The embeddings table from :func:`embed_objects`' blocks, built from one flat buffer
-    (a list of per-row arrays would make pyarrow convert every float in Python)."""
-    schema = embeddings_schema(dim)
+    (a list of per-row arrays would make pyarrow convert every float in Python). With
+    ``storage`` ``float16`` the buffer is float16: numpy rounds each value to nearest."""
+    schema = embeddings_schema(dim, storage)
     ids = [object_id for block_ids, _, _ in blocks for object_id in block_ids]
-    values = np.zeros((len(ids), dim), dtype=np.float32)
+    values = np.zeros((len(ids), dim), dtype=np.dtype(storage))
     valid = np.zeros(len(ids), dtype=bool)
     errors: list[str | None] = []
     start = 0

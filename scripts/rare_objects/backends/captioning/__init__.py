@@ -23,7 +23,7 @@ in input order, is either its caption or the exception that stopped it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,11 @@ class Captioner(Protocol):
     model_name: str
 
     def caption(self, images: Sequence[Any]) -> list[str | Exception]: ...
+
+
+# A captioner may also have ``caption_stream(items) -> iterator of (key, answer)`` over
+# ``(key, image)`` pairs, answers in any order: one rolling feed for a whole job
+# (:func:`caption_stream` uses it where it is there).
 
 
 class CaptionError(RuntimeError):
@@ -129,6 +134,39 @@ def make_captioner(name: str, settings: dict | None = None, device: str | None =
     """
     backend = get_backend(name)
     return backend.make(complete_settings(settings), device)
+
+
+def caption_stream(captioner: Captioner, items: Iterable[tuple[Any, Any]], batch_size: int):
+    """``(key, caption or exception)`` for every ``(key, image)`` of ``items``: the
+    captioner's own rolling feed where it has one (``caption_stream``: the openai backend
+    keeps its requests in flight from the first crop to the last), else ``caption`` on
+    groups of ``batch_size`` crops, at most that many held at once. A call that fails as
+    a whole gives its exception to every crop of the group, and a captioner that answers
+    a group with the wrong number of captions fails that group."""
+    own = getattr(captioner, "caption_stream", None)
+    if own is not None:
+        yield from own(items)
+        return
+    batch: list[tuple[Any, Any]] = []
+
+    def answer(group):
+        try:
+            results = list(captioner.caption([image for _, image in group]))
+            if len(results) != len(group):
+                raise RuntimeError(
+                    f"captioner returned {len(results)} answers for {len(group)} crops"
+                )
+        except Exception as exc:  # noqa: BLE001 - the whole call failed: every crop gets it
+            results = [exc] * len(group)
+        return zip([key for key, _ in group], results)
+
+    for item in items:
+        batch.append(item)
+        if len(batch) >= max(1, int(batch_size)):
+            yield from answer(batch)
+            batch = []
+    if batch:
+        yield from answer(batch)
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:

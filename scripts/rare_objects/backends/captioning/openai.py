@@ -6,6 +6,7 @@ file; it keeps ``captions.openai.concurrency`` requests in flight.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -13,7 +14,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -83,7 +84,9 @@ def _retry_after_s(headers) -> float | None:
         return None
 
 
-# Crops handed to an encoder at once (see OpenAICaptioner._caption_all).
+# Crops handed to an encoder at once (see OpenAICaptioner.caption_stream): one hand-over
+# per crop (a future, a lock and a wake-up) cost the loop's thread about as much as the
+# HTTP request itself.
 ENCODE_CHUNK = 32
 
 
@@ -350,14 +353,14 @@ class OpenAICaptioner:
                 message = self._redact(str(exc))
                 if attempt + 1 >= attempts:
                     log.warning(
-                        "item %d: giving up after %d attempts: %s", index, attempts, message
+                        "item %s: giving up after %d attempts: %s", index, attempts, message
                     )
                     return CaptionError(f"failed after {attempts} attempts: {message}")
                 delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
                 if exc.retry_after is not None:
                     delay = min(self.max_backoff_s, max(delay, exc.retry_after))
                 log.warning(
-                    "item %d: attempt %d/%d failed (%s); retrying in %.2f s",
+                    "item %s: attempt %d/%d failed (%s); retrying in %.2f s",
                     index,
                     attempt + 1,
                     attempts,
@@ -367,77 +370,130 @@ class OpenAICaptioner:
                 await self._backoff(delay)
             except CaptionError as exc:
                 message = self._redact(str(exc))
-                log.warning("item %d: %s", index, message)
+                log.warning("item %s: %s", index, message)
                 return CaptionError(message)
             except Exception as exc:  # noqa: BLE001
                 message = self._redact(short_error(exc))
-                log.warning("item %d: unexpected error: %s", index, message)
+                log.warning("item %s: unexpected error: %s", index, message)
                 return CaptionError(message)
         raise AssertionError("unreachable")
 
-    async def _caption_all(
-        self, session, encoders: Executor, images: list
-    ) -> list[str | Exception]:
-        # ``concurrency`` worker coroutines take the crops in order, each sending one request
-        # at a time: no task or semaphore per crop (with one task per crop and two semaphores,
-        # their wake-ups cost the event loop's thread, which caps the requests per second, a
-        # fifth of its time). Crops are JPEG-encoded ahead of their requests by the encoder
-        # processes (``encode_processes``), ENCODE_CHUNK crops per hand-over (one hand-over
-        # per crop, a future, a lock and a wake-up, cost the loop's thread about as much as
-        # the HTTP request itself), up to 2 x ``concurrency`` crops ahead, so that when a
-        # request comes back the worker's next one goes out at once.
+    # -- the rolling feed ------------------------------------------------------------
+
+    async def _serve_feed(self, session, feed, answers) -> None:
+        # ``concurrency`` worker coroutines take (key, body) pairs from ``feed`` in the order
+        # they were encoded, each sending one request at a time, and put (key, answer) on
+        # ``answers`` for the calling thread; None ends a worker. No task or semaphore per
+        # crop: their wake-ups cost the event loop's thread, which caps the requests per
+        # second. The feed is kept ahead of the workers, so a worker whose answer came back
+        # takes its next body at once, without waiting for a group of crops to finish.
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        results: list[str | Exception | None] = [None] * len(images)
-        chunks: dict[int, tuple[asyncio.Future, list[int]]] = {}  # chunk -> (bodies, items left)
-        chunks_ahead = max(1, -(-2 * self.concurrency // ENCODE_CHUNK))
-        next_chunk = 0
-
-        def encode_ahead(upto: int) -> None:
-            nonlocal next_chunk
-            while next_chunk <= upto and next_chunk * ENCODE_CHUNK < len(images):
-                start = next_chunk * ENCODE_CHUNK
-                part = images[start : start + ENCODE_CHUNK]
-                chunks[next_chunk] = (
-                    loop.run_in_executor(encoders, _request_bodies, self._body_parts, part),
-                    [len(part)],
-                )
-                next_chunk += 1
-
-        async def body(index: int) -> bytes | str:
-            number = index // ENCODE_CHUNK
-            encode_ahead(number + chunks_ahead)
-            future, left = chunks[number]
-            try:
-                return (await future)[index % ENCODE_CHUNK]
-            finally:
-                left[0] -= 1
-                if not left[0]:
-                    del chunks[number]  # its bodies are with their requests now
-
-        order = iter(range(len(images)))
-
         async def worker() -> None:
-            for index in order:  # shared: each worker takes the next crop
-                encoded = await body(index)
+            while True:
+                item = await feed.get()
+                if item is None:
+                    return
+                key, encoded = item
                 if isinstance(encoded, str):
-                    results[index] = CaptionError(
-                        self._redact(f"could not encode the crop: {encoded}")
-                    )
+                    answer = CaptionError(self._redact(f"could not encode the crop: {encoded}"))
                 else:
-                    results[index] = await self._request(session, index, encoded)
+                    answer = await self._request(session, key, encoded)
+                answers.put((key, answer))
 
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(images)))))
-        return results
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
-    def caption(self, images: Sequence[Any]) -> list[str | Exception]:
-        images = list(images)
-        if not images:
-            return []
+    def caption_stream(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """Captions of ``(key, image)`` pairs, as ``(key, caption or exception)`` pairs in the
+        order the answers come back: one rolling feed for a whole job.
+
+        ``concurrency`` requests stay in flight from the first crop to the last, with no
+        barrier between groups of crops (a job of many groups would otherwise wait for the
+        slowest request of each). ``items`` is read as the requests need it: at most
+        2 x ``concurrency`` crops (and one encoder chunk) ahead of their answers, so a job
+        holds that many crops whatever its size, and the next images decode meanwhile.
+        Crops are JPEG-encoded by the encoder processes, ENCODE_CHUNK per hand-over.
+        """
+        import asyncio
+        import queue
+
         encoders = self._encoders_started()  # before the event loop's thread (see _encoder_pool)
         runner = self._runner_started()
-        return runner.run(self._caption_all(runner.session, encoders, images))
+        loop = runner.loop
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        feed: asyncio.Queue = asyncio.Queue()
+        serving = asyncio.run_coroutine_threadsafe(
+            self._serve_feed(runner.session, feed, answers), loop
+        )
+        window = max(2 * self.concurrency, ENCODE_CHUNK)
+        outstanding = 0
+
+        def to_feed(keys: list, encoded) -> None:  # in the encoders' thread, when a chunk is done
+            try:
+                bodies = encoded.result()
+            except Exception as exc:  # noqa: BLE001 - a broken encoder pool: every crop's error
+                bodies = [short_error(exc)] * len(keys)
+            loop.call_soon_threadsafe(_put_all, feed, list(zip(keys, bodies)))
+
+        def next_answer():
+            while True:
+                try:
+                    return answers.get(timeout=1.0)
+                except queue.Empty:
+                    if serving.done():  # the workers ended without answering: say why
+                        serving.result()
+                        raise CaptionError(
+                            "the request workers stopped before every answer"
+                        ) from None
+
+        try:
+            for chunk in _chunks(items, ENCODE_CHUNK):
+                keys = [key for key, _ in chunk]
+                encoded = encoders.submit(
+                    _request_bodies, self._body_parts, [image for _, image in chunk]
+                )
+                encoded.add_done_callback(functools.partial(to_feed, keys))
+                outstanding += len(chunk)
+                while outstanding >= window:
+                    yield next_answer()
+                    outstanding -= 1
+                while not answers.empty():
+                    yield answers.get()
+                    outstanding -= 1
+            while outstanding:
+                yield next_answer()
+                outstanding -= 1
+        finally:
+            if outstanding:  # the caller stopped early: drop what is still queued or in flight
+                serving.cancel()
+            else:
+                for _ in range(self.concurrency):
+                    loop.call_soon_threadsafe(feed.put_nowait, None)
+                serving.result()
+
+    def caption(self, images: Sequence[Any]) -> list[str | Exception]:
+        if not len(images):
+            return []
+        results: list[str | Exception | None] = [None] * len(images)
+        for index, answer in self.caption_stream(enumerate(images)):
+            results[index] = answer
+        return results
+
+
+def _put_all(feed, pairs) -> None:
+    for pair in pairs:
+        feed.put_nowait(pair)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _make(settings: dict, device: str | None) -> OpenAICaptioner:
@@ -460,7 +516,8 @@ register(
     Backend(
         name=NAME,
         make=_make,
-        # two crops per request slot: the client encodes up to that many ahead of their requests
+        # a caption job feeds it through caption_stream (one rolling feed); this is the size
+        # of a caption() call's group where a caller batches instead
         batch_size=lambda settings: settings[NAME]["concurrency"] * 2,
     )
 )

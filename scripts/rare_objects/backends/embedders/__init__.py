@@ -93,8 +93,8 @@ register = REGISTRY.register
 names = REGISTRY.names
 get = REGISTRY.get
 
-# Keys of the ``embedder`` section that every family reads.
-SHARED_KEYS = ("batch_size", "precision")
+# Keys of the ``embedder`` section that every family reads (storage: the embed stage's).
+SHARED_KEYS = ("batch_size", "precision", "storage")
 
 
 def settings(config: dict) -> dict:
@@ -128,9 +128,14 @@ def tracked(section: dict, family: Embedder) -> dict:
     """The embed rule's ``embedder`` param: ``section`` (the tracked keys of the
     ``embedder`` section) without the other families' keys, and without ``backend``:
     the families' keys differ, so the param tells them apart, and a configuration
-    written before there was a choice keeps its params (a finished run reruns nothing)."""
+    written before there was a choice keeps its params (a finished run reruns nothing).
+    ``storage`` is in it only when it is not the default float32, for the same reason:
+    float16 reruns embed and what follows, float32 is the param it always was."""
     others = {key for name in names() for key in get(name).keys} - set(family.keys)
-    return {key: value for key, value in section.items() if key not in others | {"backend"}}
+    left_out = others | {"backend"}
+    if section.get("storage", "float32") == "float32":
+        left_out.add("storage")
+    return {key: value for key, value in section.items() if key not in left_out}
 
 
 def problems(config: dict) -> list[str]:

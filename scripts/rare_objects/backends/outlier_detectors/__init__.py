@@ -99,6 +99,8 @@ def settings_for(name: str, outliers: dict) -> dict:
     """
     detector = get(name)
     settings = {key: outliers[key] for key in SHARED_KEYS}
+    # where the neighbour search runs (rare_objects.neighbors.search.AnnParams.device)
+    settings["device"] = outliers.get("device", "cpu")
     settings.update({k: v for k, v in outliers[name].items() if v is not None})
     if detector.check_settings is not None:
         try:

@@ -40,7 +40,8 @@ def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
     if n < 2:
         return Detection(np.zeros(n, np.float32), np.zeros(n, bool))
     k = min(settings["n_neighbors"], n - 1)
-    dist, _ = knn(X, k, settings["exact_max_samples"], AnnParams(seed=seed))
+    ann = AnnParams(seed=seed, device=settings.get("device", "cpu"))
+    dist, _ = knn(X, k, settings["exact_max_samples"], ann)
     score = dist.mean(axis=1, dtype=np.float64).astype(np.float32)
     threshold = np.quantile(score, 1.0 - contamination)
     return Detection(score, score > threshold)

@@ -113,7 +113,7 @@ def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
         settings["n_neighbors"],
         settings["contamination"],
         settings["exact_max_samples"],
-        AnnParams(seed=seed),
+        AnnParams(seed=seed, device=settings.get("device", "cpu")),
     )
     # Negating a float32 is exact: the stored LOF columns keep scikit-learn's values.
     return Detection(-negative_factor, is_outlier)
