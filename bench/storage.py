@@ -24,7 +24,10 @@ each peak-RSS figure is that part alone (interpreter, imports, its data):
    runs them) on the float32 and on the float16 shards: the Jaccard index of
    the outlier sets (global, per class, combined), the target being >= 0.99;
 4. exact scikit-learn LOF (global) on the first ``--exact-rows`` rows of both,
-   to tell the rounding's own effect from the approximate search's.
+   to tell the rounding's own effect from the approximate search's;
+5. with ``--ann-seed-check``, the stage once more on the float32 shards with the
+   workflow's seed + 1 (the approximate search's PCA sample and k-means): the
+   Jaccard index of two float32 runs, the scale the float16 figure compares with.
 
 Mean and worst over the seeds at the end.
 """
@@ -92,15 +95,17 @@ def _read_blocked(folder: str, storage: str, dtype: str, block_rows: int) -> tup
     return rows, largest
 
 
-def _stage(folder: str, storage: str, out: str) -> float:
-    """The outliers stage with the default configuration, as scripts/outliers.py runs it."""
+def _stage(folder: str, storage: str, out: str, seed_offset: int = 0) -> float:
+    """The outliers stage with the default configuration, as scripts/outliers.py runs it
+    (``seed_offset``: another seed for the approximate search, for its own variation)."""
     from rare_objects.runtime.config import defaults
     from rare_objects.stages.outliers import class_aware_outliers, read_objects
 
     config = defaults()
     _, X, class_names = read_objects(_paths(folder, storage), _paths(folder, "detections"))
+    seed = config["seed"] + seed_offset
     t0 = time.perf_counter()
-    frame = class_aware_outliers(X, class_names, config["outliers"], seed=config["seed"])
+    frame = class_aware_outliers(X, class_names, config["outliers"], seed=seed)
     seconds = time.perf_counter() - t0
     np.savez(
         out,
@@ -193,6 +198,17 @@ def _one_seed(args, seed: int, workdir: str | None) -> dict:
             value = jaccard(flags["float32"][column], flags["float16"][column])
             figures[f"jaccard {column}"] = value
             print(f"  Jaccard float16 vs float32, {column}: {value:.4f}")
+        if args.ann_seed_check:
+            out = os.path.join(folder, "flags_float32_seed.npz")
+            stage_s, _, _ = run_isolated(_stage, folder, "float32", out, 1)
+            other = np.load(out)
+            print(f"  outliers stage on float32 shards with seed + 1: {stage_s:.0f} s")
+            for column in ("global_outlier", "class_outlier", "is_outlier"):
+                value = jaccard(flags["float32"][column], other[column])
+                figures[f"jaccard float32 seed vs seed + 1, {column}"] = value
+                print(
+                    f"  Jaccard float32 seed vs seed + 1 (the search's own), {column}: {value:.4f}"
+                )
 
         exact_rows = min(args.exact_rows, args.rows)
         if exact_rows:
@@ -221,6 +237,12 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--no-outliers", action="store_true", help="sizes and reads only (no LOF, no Jaccard)"
+    )
+    parser.add_argument(
+        "--ann-seed-check",
+        action="store_true",
+        help="the stage once more on float32 with the seed + 1: the approximate search's own"
+        " variation, for scale",
     )
     parser.add_argument("--quick", action="store_true", help="20,000 rows, seed 0")
     parser.add_argument("--workdir", default=None, help="where the shards are written")
