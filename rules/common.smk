@@ -59,7 +59,8 @@ GPU = uses_gpu()
 
 def outlier_settings():
     """The outliers section as the outliers and evaluation_scores rules' param, without
-    ``device``: that one is a param of its own only off the CPU (search_device_params)."""
+    ``device``: that one is a param of its own only off the CPU (search_device_params).
+    """
     return {k: v for k, v in config["outliers"].items() if k != "device"}
 
 

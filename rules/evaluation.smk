@@ -40,10 +40,10 @@ rule evaluation_scores:
     resources:
         gpu=SEARCH_GPU,
     params:
+        **search_device_params(),
         outliers=outlier_settings(),
         detectors=config["evaluation"]["detectors"],
         seed=config["seed"],
-        **search_device_params(),
     script:
         "../scripts/evaluation_scores.py"
 

@@ -15,8 +15,8 @@ rule outliers:
     resources:
         gpu=SEARCH_GPU,
     params:
+        **search_device_params(),
         outliers=outlier_settings(),
         seed=config["seed"],
-        **search_device_params(),
     script:
         "../scripts/outliers.py"
