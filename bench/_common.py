@@ -92,6 +92,63 @@ def synthetic_embeddings(
     return X, cluster, planted
 
 
+def iter_synthetic_embeddings(
+    n: int,
+    dim: int = 512,
+    n_clusters: int = 2000,
+    latent_dim: int = 24,
+    outlier_fraction: float = 0.002,
+    duplicate_fraction: float = 0.02,
+    seed: int = 0,
+    chunk: int = 200_000,
+):
+    """:func:`synthetic_embeddings` one ``chunk`` of rows at a time, for sizes whose whole
+    matrix does not fit (10,000,000 x 512 float32 is 20 GB): yields ``(X, cluster,
+    planted)`` per chunk. The same model of the rows (shared mean direction, Zipf-sized
+    low-rank object kinds, planted outliers in random directions); the near-copies
+    (``duplicate_fraction``) copy an earlier row of the same chunk, like one object seen
+    in successive frames. Memory: one chunk.
+    """
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(dim).astype(np.float32)
+    mean *= 1.0 / np.linalg.norm(mean)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(
+        dim * latent_dim
+    )
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    weights /= weights.sum()
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        cluster = rng.choice(n_clusters, size=m, p=weights).astype(np.int32)
+        planted = rng.random(m) < outlier_fraction
+        cluster[planted] = -1
+        X = np.empty((m, dim), dtype=np.float32)
+        for j in np.unique(cluster):
+            rows = np.flatnonzero(cluster == j)
+            if j < 0:
+                X[rows] = rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.08
+                X[rows] += 0.6 * mean
+                continue
+            z = rng.standard_normal((rows.size, latent_dim), dtype=np.float32)
+            X[rows] = 0.8 * mean + 0.6 * centres[j] + 0.45 * (z @ bases[j])
+            X[rows] += rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.005
+        n_dup = int(m * duplicate_fraction)
+        if n_dup and m > 1:
+            target = rng.choice(
+                np.flatnonzero(~planted[1:]) + 1, size=min(n_dup, m - 1), replace=False
+            )
+            source = (target * rng.random(target.size)).astype(np.int64)  # an earlier row
+            X[target] = (
+                X[source] + rng.standard_normal((target.size, dim), dtype=np.float32) * 0.002
+            )
+            cluster[target] = cluster[source]
+            planted[target] = planted[source]
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        yield X, cluster, planted
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -73,9 +73,9 @@ def _stage(path: str, out: str, detector: str, exact_max, k, contamination, samp
     captured = {}
     real = lof.approximate_knn
 
-    def capture(X_, k_, ann=None):
-        dist, ind = real(X_, k_, ann)
-        if sample and "rows" not in captured and len(X_) == len(X):  # the global run
+    def capture(X_, k_, ann=None, rows_=None):
+        dist, ind = real(X_, k_, ann, rows_)
+        if sample and "rows" not in captured and rows_ is None:  # the global run
             rows = np.sort(np.random.default_rng(seed).choice(len(X_), sample, replace=False))
             captured["rows"], captured["ind"] = rows, ind[rows].copy()
         return dist, ind

@@ -7,24 +7,21 @@ from rare_objects.runtime import start_rule
 log = start_rule(snakemake)
 
 from rare_objects.io import schemas  # noqa: E402
-from rare_objects.io.embeddings import read_embedding_matrix  # noqa: E402
+from rare_objects.io.embeddings import read_embeddings_of  # noqa: E402
 from rare_objects.stages.selection import select_objects  # noqa: E402
 
-ids, matrix = read_embedding_matrix(snakemake.input.embeddings)
 columns = ["object_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
 boxes = schemas.read_parts(snakemake.input.detections, columns)
 flags = pd.read_parquet(
     snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "score_global"]
 )
-objects = (
-    ids[["object_id"]]
-    .merge(flags, on="object_id", how="left")
-    .merge(boxes, on="object_id", how="left")
-)
+# One row per valid embedding, in their order (the outliers stage wrote them so); only
+# the candidates' embeddings are read, block by block, never the whole matrix.
+objects = flags.merge(boxes, on="object_id", how="left")
 settings = snakemake.params.selection
 table = select_objects(
     objects,
-    matrix,
+    lambda object_ids: read_embeddings_of(snakemake.input.embeddings, object_ids),
     snakemake.params.targets,
     include=settings["include"],
     vlm_for=snakemake.params.vlm_for,

@@ -283,8 +283,7 @@ def test_blocked_reader_without_columns_and_without_paths(shards):
 
 def test_mixed_float16_and_float32_shards_are_read_each_as_stored(tmp_path):
     """Shards of both storages read together: each row is its shard's stored value."""
-    from rare_objects.io.embeddings import iter_embedding_blocks
-    from rare_objects.report.projection import read_embeddings_of
+    from rare_objects.io.embeddings import iter_embedding_blocks, read_embeddings_of
 
     rng = np.random.default_rng(3)
     paths, expected, rounded = [], [], []
@@ -308,6 +307,29 @@ def test_mixed_float16_and_float32_shards_are_read_each_as_stored(tmp_path):
     ids, Y = read_embeddings_of(paths, wanted, batch_size=5)
     assert ids.tolist() == wanted and Y.dtype == np.float32
     np.testing.assert_array_equal(Y, X[::3])
+
+
+def test_the_outliers_stage_reads_float16_shards_as_float16(tmp_path):
+    """read_objects keeps float16 storage float16 (half the memory), float32 otherwise."""
+    from rare_objects.io.embeddings import stored_dtype_of
+    from rare_objects.stages.outliers import read_objects
+
+    rng = np.random.default_rng(4)
+    detections = tmp_path / "detections.parquet"
+    paths = {}
+    for storage in ("float16", "float32"):
+        vectors, blocks = _blocks(rng, 10)
+        paths[storage] = tmp_path / f"{storage}.parquet"
+        _write_stage_shard(paths[storage], blocks, storage)
+    ids = [f"o{i}" for i in range(10)]
+    pd.DataFrame({"object_id": ids, "class_name": ["car"] * 10}).to_parquet(detections)
+    object_ids, X, names = read_objects([paths["float16"]], [detections])
+    assert X.dtype == np.float16 and stored_dtype_of([paths["float16"]]) == np.float16
+    assert object_ids.tolist() == ids and names.tolist() == ["car"] * 10
+    assert X.tobytes() == read_embedding_matrix(paths["float16"], dtype=np.float16)[1].tobytes()
+    for mixed in ([paths["float32"]], [paths["float16"], paths["float32"]]):
+        assert read_objects(mixed, [detections])[1].dtype == np.float32
+        assert stored_dtype_of(mixed) == np.float32
 
 
 def test_other_embedding_types_and_dtypes_are_refused(tmp_path, shards):

@@ -188,3 +188,81 @@ def test_torch_brute_force_sorts_ties_by_row_and_checks_k():
         assert ind[row].tolist() == twins
     with pytest.raises(ValueError):
         torch_knn(X, len(X), "cpu")
+
+
+# ----------------------------------------------------------------------------- memory: float16 rows, row subsets
+
+
+def test_one_partition_reranked_per_cell_equals_the_candidate_table_path():
+    # The default (one partition) re-ranks each cell as soon as its candidates are found;
+    # the table path (all candidates, then _rerank) must give the same result row by row.
+    from rare_objects.neighbors import search
+
+    X = clustered(3000, dim=32, seed=4, duplicates=100)
+    params = AnnParams(cell_size=120, nprobe=3, candidates=25, pca_dims=12, seed=9)
+    dist, ind = approximate_knn(X, 10, params)
+    data = search._Rows(X, None)
+    Z = search._pca_space(data, params)
+    cand, order = search._ann_candidates(Z, 25, 25, params)
+    ref_d, ref_i = search._rerank(data, cand, 10, params.rerank_block, order)
+    np.testing.assert_array_equal(ind, ref_i)
+    np.testing.assert_array_equal(dist, ref_d)
+
+
+@pytest.mark.parametrize("pca_dims", [None, 12])
+def test_a_row_subset_is_searched_as_its_copy(pca_dims):
+    X = clustered(4000, dim=32, seed=5)
+    rows = np.sort(np.random.default_rng(0).choice(4000, 1700, replace=False))
+    params = AnnParams(cell_size=100, nprobe=4, candidates=30, pca_dims=pca_dims, seed=2)
+    d1, i1 = approximate_knn(X, 8, params, rows=rows)
+    d2, i2 = approximate_knn(X[rows], 8, params)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+    # the exact path and the torch path take the subset too
+    for exact_max in (10_000, 0):
+        d3, i3 = knn(X, 8, exact_max=exact_max, ann=params, rows=rows)
+        d4, i4 = knn(X[rows], 8, exact_max=exact_max, ann=params)
+        np.testing.assert_array_equal(i3, i4)
+        np.testing.assert_array_equal(d3, d4)
+    d5, i5 = torch_knn(X, 8, "cpu", rows=rows)
+    d6, i6 = torch_knn(X[rows], 8, "cpu")
+    np.testing.assert_array_equal(i5, i6)
+    np.testing.assert_array_equal(d5, d6)
+    with pytest.raises(ValueError, match="rows"):
+        approximate_knn(X, 8, params, rows=np.array([0, 4000]))
+
+
+def test_float16_rows_stay_float16_and_find_the_neighbours():
+    X = clustered(4000, dim=32, seed=6, duplicates=50)
+    X16 = X.astype(np.float16)
+    wide = X16.astype(np.float32)  # float16 widens exactly
+    # without a PCA the candidate space is the widened rows: the float32 result exactly
+    params = AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=None, seed=1)
+    d1, i1 = approximate_knn(X16, 10, params)
+    d2, i2 = approximate_knn(wide, 10, params)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+    # with a PCA the candidate space is float16: the re-ranking stays exact on the
+    # widened rows, and the recall stays that of the float32 search
+    params = AnnParams(cell_size=150, nprobe=4, candidates=30, pca_dims=12, seed=1)
+    dist, ind = approximate_knn(X16, 10, params)
+    _, truth = exact_knn(wide, 10)
+    _, ind32 = approximate_knn(wide, 10, params)
+    assert recall(ind, truth) >= recall(ind32, truth) - 0.005
+    assert recall(ind, truth) >= 0.95
+    true_d = np.linalg.norm(wide[ind] - wide[:, None, :], axis=2)
+    np.testing.assert_allclose(dist, true_d, atol=1e-5)
+    # a subset of float16 rows, with rows left to the exhaustive pass (tiny cells)
+    rows = np.arange(0, 4000, 3)
+    tiny = AnnParams(cell_size=20, nprobe=1, candidates=4, pca_dims=8)
+    d3, i3 = approximate_knn(X16, 6, tiny, rows=rows)
+    d4, i4 = approximate_knn(X16[rows], 6, tiny)
+    np.testing.assert_array_equal(i3, i4)
+    np.testing.assert_array_equal(d3, d4)
+    true_d = np.linalg.norm(wide[rows][i3] - wide[rows][:, None, :], axis=2)
+    np.testing.assert_allclose(d3, true_d, atol=1e-5)
+    # the GPU path's torch search on float16 rows: the widened rows' neighbours
+    d5, i5 = torch_knn(X16, 10, "cpu")
+    d6, i6 = torch_knn(wide, 10, "cpu")
+    np.testing.assert_array_equal(i5, i6)
+    np.testing.assert_array_equal(d5, d6)

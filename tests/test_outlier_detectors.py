@@ -120,6 +120,34 @@ def test_isolation_forest_seed_decides_its_result():
     assert not np.array_equal(a.score, c.score)
 
 
+@pytest.mark.parametrize("contamination", [0.1, "auto"])
+def test_isolation_forest_on_float16_rows_grows_its_trees_on_a_sample(contamination):
+    # float16 rows above exact_max_samples: no float32 copy of them all; the trees grow on
+    # a seeded sample of n_estimators x max_samples rows, every row is scored in blocks.
+    X = blobs(n=6000, seed=4)
+    X16 = X.astype(np.float16)
+    s = settings(
+        "isolation_forest",
+        contamination=contamination,
+        exact_max_samples=100,
+        n_estimators=20,
+        max_samples=64,
+    )
+    a = outlier_detectors.detect("isolation_forest", X16, s, seed=5)
+    b = outlier_detectors.detect("isolation_forest", X16, s, seed=5)
+    np.testing.assert_array_equal(a.score, b.score)
+    assert a.score.shape == (6000,) and a.score.dtype == np.float32
+    if contamination == "auto":  # scikit-learn's fixed offset
+        np.testing.assert_array_equal(a.is_outlier, -a.score.astype(np.float64) + 0.5 < 0)
+    else:  # the contamination share of all rows, not of the sample
+        assert a.is_outlier.sum() == 600
+    # the planted far rows (the first 30) are what it finds first
+    assert set(np.argsort(-a.score)[:20]) <= set(range(30))
+    # the same settings on the float32 rows: scikit-learn on all of them, about the same
+    full = outlier_detectors.detect("isolation_forest", X, s, seed=5)
+    assert np.corrcoef(full.score, a.score)[0, 1] > 0.9
+
+
 @pytest.mark.parametrize("exact_max", [100_000, 10])  # exact, then the approximate search
 def test_knn_distance_is_brute_force(exact_max):
     X = blobs(n=300, seed=5)
@@ -150,9 +178,9 @@ def test_seed_reaches_the_approximate_search(monkeypatch, name, module):
     seen = []
     real = neighbors.approximate_knn
 
-    def spy(X, k, ann=None):
+    def spy(X, k, ann=None, rows=None):
         seen.append(ann.seed)
-        return real(X, k, ann)
+        return real(X, k, ann, rows)
 
     monkeypatch.setattr(module, "approximate_knn", spy)
     X = blobs(n=200, seed=6)
@@ -163,9 +191,11 @@ def test_seed_reaches_the_approximate_search(monkeypatch, name, module):
 def test_approximate_candidates_depend_on_the_seed():
     X = blobs(n=3000, dim=16, seed=7)
     params = neighbors.AnnParams(cell_size=100, nprobe=2, candidates=10, pca_dims=8)
-    a, _ = neighbors._ann_candidates(X, 10, params)
-    b, _ = neighbors._ann_candidates(X, 10, params)
-    c, _ = neighbors._ann_candidates(X, 10, neighbors.AnnParams(**{**params.__dict__, "seed": 5}))
+    a, _ = neighbors._ann_candidates(X, 10, 30, params)
+    b, _ = neighbors._ann_candidates(X, 10, 30, params)
+    c, _ = neighbors._ann_candidates(
+        X, 10, 30, neighbors.AnnParams(**{**params.__dict__, "seed": 5})
+    )
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 

@@ -182,3 +182,75 @@ def test_tsne_map_of_small_inputs(tmp_path, n, classes):
     png = tmp_path / "t.png"
     draw_map(frame, png, "t-SNE of object embeddings", total_objects=n)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- memory: blockwise LOF, float16, rows
+
+
+def sklearn_precomputed_lof(dist, ind, contamination):
+    """scikit-learn's LocalOutlierFactor on the same neighbours, as a sparse graph."""
+    from scipy.sparse import csr_matrix
+
+    n, k = ind.shape
+    indices = np.concatenate([np.arange(n)[:, None], ind], axis=1)  # each row itself first
+    data = np.concatenate([np.zeros((n, 1), np.float32), dist], axis=1)
+    graph = csr_matrix(
+        (data.ravel(), indices.ravel(), np.arange(0, n * (k + 1) + 1, k + 1)), shape=(n, n)
+    )
+    lof = LocalOutlierFactor(n_neighbors=k, contamination=contamination, metric="precomputed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels = lof.fit_predict(graph)
+    return lof.negative_outlier_factor_, labels == -1
+
+
+@pytest.mark.parametrize("contamination", [0.05, 0.3, "auto"])
+def test_blockwise_lof_arithmetic_is_sklearns(monkeypatch, contamination):
+    from rare_objects.backends.outlier_detectors import lof
+    from rare_objects.neighbors.search import approximate_knn
+
+    X = clustered(5000, dim=24, seed=8, duplicates=400)  # ties and duplicates at 0
+    dist, ind = approximate_knn(X, 15, AnnParams(cell_size=200, pca_dims=8))
+    ref_factor, ref_flags = sklearn_precomputed_lof(dist, ind, contamination)
+    monkeypatch.setattr(lof, "BLOCK_ROWS", 777)  # several blocks, a ragged last one
+    factor, flags = lof.lof_from_neighbors(dist, ind, 15, contamination)
+    assert factor.dtype == np.float32
+    np.testing.assert_array_equal(factor, ref_factor)
+    np.testing.assert_array_equal(flags, ref_flags)
+    assert flags.any()
+
+
+def test_float16_embeddings_give_the_float32_outliers():
+    X = blobs(n=3000, dim=32, seed=4)
+    X16 = X.astype(np.float16)
+    names = np.array([f"c{i % 3}" for i in range(len(X))], dtype=object)
+    # exact path: scikit-learn on the widened rows, so the same table as float32 input
+    settings = lof_settings(min_samples=10)
+    pd.testing.assert_frame_equal(
+        class_aware_outliers(X16, names, settings, seed=0),
+        class_aware_outliers(X16.astype(np.float32), names, settings, seed=0),
+    )
+    # approximate path (classes and the whole set above exact_max): the same outliers
+    # within the float16 candidate space's effect
+    settings = lof_settings(min_samples=10, exact_max_samples=500)
+    a = class_aware_outliers(X16, names, settings, seed=0)["is_outlier"].to_numpy()
+    b = class_aware_outliers(X, names, settings, seed=0)["is_outlier"].to_numpy()
+    assert (a & b).sum() / (a | b).sum() >= 0.97
+
+
+@pytest.mark.parametrize("name", ["lof", "knn_distance", "isolation_forest"])
+@pytest.mark.parametrize("exact_max", [10_000, 300])
+def test_a_class_is_run_on_its_rows_as_on_their_copy(name, exact_max):
+    from rare_objects.backends import outlier_detectors
+
+    X = blobs(n=2000, dim=16, seed=9)
+    rows = np.flatnonzero(np.arange(2000) % 3 != 1)
+    settings = outlier_detectors.settings_for(
+        name, lof_settings(detectors=[name], exact_max_samples=exact_max)
+    )
+    # isolation_forest above exact_max: its trees grow on a seeded sample of
+    # n_estimators x max_samples rows, which here is every row, so the copy's result too
+    on_rows = outlier_detectors.detect(name, X, settings, seed=3, rows=rows)
+    on_copy = outlier_detectors.detect(name, X[rows], settings, seed=3)
+    np.testing.assert_array_equal(on_rows.score, on_copy.score)
+    np.testing.assert_array_equal(on_rows.is_outlier, on_copy.is_outlier)

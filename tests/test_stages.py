@@ -319,6 +319,29 @@ def test_target_matches_and_selection_reasons():
     again = selection.caption_partition(table["object_id"], 3)
     assert (again == selection.caption_partition(table["object_id"], 3)).all()
 
+    # The rule reads only the candidates' embeddings, by object id, in file order: the same
+    # table; a candidate without an embedding is an error that says so.
+    asked = []
+
+    def read_some(object_ids, drop=()):
+        asked.append(list(object_ids))
+        keep = [i for i in range(6) if f"o{i}" in set(object_ids) and f"o{i}" not in drop]
+        return np.array([f"o{i}" for i in keep[::-1]], dtype=object), matrix[keep[::-1]]
+
+    settings = dict(
+        targets=targets,
+        include=["outliers", "targets"],
+        vlm_for=["targets"],
+        similarity_threshold=0.99,
+        max_per_cluster=2,
+        partitions=3,
+        seed=0,
+    )
+    pd.testing.assert_frame_equal(selection.select_objects(objects, read_some, **settings), table)
+    assert asked == [["o0", "o1", "o2", "o3", "o4"]]  # not o5, no candidate
+    with pytest.raises(ValueError, match="1 candidate.*'o3'.*out of step"):
+        selection.select_objects(objects, lambda ids: read_some(ids, drop={"o3"}), **settings)
+
 
 def test_statistics_and_json_fields(tmp_path):
     frame = pd.DataFrame(

@@ -73,6 +73,15 @@ def stored_dtype(path: str | os.PathLike) -> np.dtype:
     return np.dtype(schema.field(EMBEDDING).type.value_type.to_pandas_dtype())
 
 
+def stored_dtype_of(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> np.dtype:
+    """float16 when every shard of ``paths`` stores float16 (reading them so is exact and
+    takes half the memory), else float32."""
+    paths = _as_paths(paths)
+    if paths and all(stored_dtype(path) == np.float16 for path in paths):
+        return np.dtype(np.float16)
+    return np.dtype(np.float32)
+
+
 def _valid_mask(batch: pa.RecordBatch) -> np.ndarray:
     """Rows with an embedding and no error, as a numpy bool array."""
     valid = pc.is_valid(batch.column(EMBEDDING))
@@ -226,6 +235,33 @@ def read_embedding_matrix(
     else:
         frame = pd.DataFrame(index=pd.RangeIndex(filled))
     return frame.reset_index(drop=True), X
+
+
+def read_embeddings_of(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    object_ids: Iterable[str],
+    batch_size: int = 65536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order,
+    float32 whether the shards store float32 or float16.
+
+    Reads the embeddings one block at a time
+    (:func:`rare_objects.io.embeddings.iter_embedding_blocks`) and keeps only the wanted
+    rows, so memory is the wanted vectors plus one block: the stages that need a few of
+    the embeddings (the map, the selection's candidates) hold those, never all of them.
+    """
+    wanted = pd.Index(pd.unique(np.asarray(list(object_ids), dtype=object)))
+    ids: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
+    for frame, X in iter_embedding_blocks(paths, block_rows=batch_size):
+        batch_ids = frame["object_id"].to_numpy(dtype=object)
+        keep = wanted.get_indexer(batch_ids) >= 0
+        if keep.any():
+            ids.append(batch_ids[keep])
+            blocks.append(X[keep])
+    if not blocks:
+        return np.empty(0, dtype=object), np.empty((0, 0), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(blocks)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

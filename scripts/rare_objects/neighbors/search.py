@@ -31,6 +31,15 @@ With a GPU (``AnnParams.device``, the workflow's ``outliers.device``), the searc
 exact brute force on it with torch instead (:func:`torch_knn`): no faiss build with GPU
 support is needed.
 
+**Memory.** The rows may be float16 (``embedder.storage: float16``, read as stored
+by the outliers stage): they stay float16 and are widened to float32 block by block
+where they are computed with; the candidate space is then float16 too. A search
+may run on a subset of the rows (``rows``, e.g. one detector class) without copying
+them out of ``X``. With one partition (the default) each cell's candidates are
+re-ranked as soon as they are found, so no ``n x candidates`` table is held: at
+10,000,000 x 512 in float16 the search holds the rows (10 GB), the candidate space
+(2.6 GB) and the result (2.4 GB at k = 20).
+
 All results are deterministic for a given input, parameters (``AnnParams.seed``
 decides the PCA sample and the k-means; the workflow passes its ``seed``) and
 thread count.
@@ -83,10 +92,54 @@ def _set_threads(threads: int | None) -> int:
 
 
 def _as_matrix(X) -> np.ndarray:
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    """``X`` as a C-contiguous float32 matrix, or float16 when it is float16 (kept so: half
+    the memory; the search widens it block by block)."""
+    X = np.asarray(X)
+    X = np.ascontiguousarray(X, dtype=np.float16 if X.dtype == np.float16 else np.float32)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {X.shape}")
     return X
+
+
+def _as_rows(rows, n_total: int) -> np.ndarray | None:
+    if rows is None:
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= n_total)):
+        raise ValueError(f"rows must be a 1-D array of row numbers in [0, {n_total})")
+    return rows
+
+
+class _Rows:
+    """The rows a search runs on, numbered 0..n-1: all rows of ``X``, or the rows
+    ``rows`` of it, read through the index instead of copied out; float32 on the way out."""
+
+    def __init__(self, X: np.ndarray, rows: np.ndarray | None):
+        self.X = X
+        self.rows = rows
+        self.n = X.shape[0] if rows is None else len(rows)
+        self.dim = X.shape[1]
+
+    @property
+    def whole_float32(self) -> bool:
+        """All of a float32 ``X``: it can be handed to faiss and numpy as it is."""
+        return self.rows is None and self.X.dtype == np.float32
+
+    def take(self, idx) -> np.ndarray:
+        """Rows ``idx`` (any shape of row numbers) as float32, a new array."""
+        picked = self.X[idx if self.rows is None else self.rows[idx]]
+        return picked if picked.dtype == np.float32 else picked.astype(np.float32)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (a view of ``X`` where no copy is needed)."""
+        if self.rows is not None:
+            return self.take(np.arange(start, min(stop, self.n)))
+        block = self.X[start:stop]
+        return block if block.dtype == np.float32 else block.astype(np.float32)
+
+    def matrix(self) -> np.ndarray:
+        """All of them as one float32 matrix (``X`` itself when it already is one)."""
+        return self.X if self.whole_float32 else self.block(0, self.n)
 
 
 def _search_device(device: str) -> str:
@@ -97,6 +150,14 @@ def _search_device(device: str) -> str:
     from rare_objects.runtime.devices import resolve_device
 
     return resolve_device(device)
+
+
+def rows_float32(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows ``rows`` of ``X`` (all when None) as one float32 matrix: ``X`` itself when
+    it is a float32 matrix and all rows are asked for, else a copy (for the exact paths,
+    which only run on small inputs)."""
+    X = _as_matrix(X)
+    return _Rows(X, _as_rows(rows, X.shape[0])).matrix()
 
 
 # --------------------------------------------------------------------------- exact
@@ -114,14 +175,18 @@ def exact_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- approximate
 
 
-def _pca_space(X: np.ndarray, params: AnnParams) -> np.ndarray:
-    """Rows in the candidate space: their first ``pca_dims`` principal components."""
-    n, d = X.shape
+def _pca_space(data: _Rows, params: AnnParams) -> np.ndarray:
+    """Rows in the candidate space: their first ``pca_dims`` principal components
+    (float16 when ``X`` is float16, else float32; the rows themselves, as float32,
+    without a PCA)."""
+    n, d = data.n, data.dim
     if params.pca_dims is None or params.pca_dims >= d:
-        return X
+        return data.matrix()
     rng = np.random.default_rng(params.seed)
     sample = (
-        X if n <= params.pca_sample else X[np.sort(rng.choice(n, params.pca_sample, replace=False))]
+        data.matrix()
+        if n <= params.pca_sample
+        else data.take(np.sort(rng.choice(n, params.pca_sample, replace=False)))
     )
     mean = sample.mean(axis=0, dtype=np.float64)
     centred = sample.astype(np.float64) - mean
@@ -131,11 +196,18 @@ def _pca_space(X: np.ndarray, params: AnnParams) -> np.ndarray:
     _, vectors = eigh(cov, subset_by_index=[d - params.pca_dims, d - 1], driver="evr")
     W = np.ascontiguousarray(vectors[:, ::-1], dtype=np.float32)
     mean = mean.astype(np.float32)
-    Z = np.empty((n, params.pca_dims), dtype=np.float32)
+    Z = np.empty((n, params.pca_dims), dtype=data.X.dtype)
     step = 65536
     for start in range(0, n, step):
-        np.matmul(X[start : start + step] - mean, W, out=Z[start : start + step])
+        if Z.dtype == np.float32:
+            np.matmul(data.block(start, start + step) - mean, W, out=Z[start : start + step])
+        else:
+            Z[start : start + step] = (data.block(start, start + step) - mean) @ W
     return Z
+
+
+def _float32(Z: np.ndarray) -> np.ndarray:
+    return Z if Z.dtype == np.float32 else Z.astype(np.float32)
 
 
 def _partition(
@@ -156,9 +228,21 @@ def _partition(
         min_points_per_centroid=1,
         verbose=False,
     )
-    kmeans.train(Z)
-    _, assign = kmeans.index.search(Z, 1)
-    return kmeans.centroids.copy(), assign[:, 0].astype(np.int64)
+    if Z.dtype == np.float32:
+        kmeans.train(Z)
+        _, assign = kmeans.index.search(Z, 1)
+        return kmeans.centroids.copy(), assign[:, 0].astype(np.int64)
+    # A float16 space: faiss takes float32, so k-means trains on a seeded sample of the
+    # size it would sample itself, widened, and the rows are assigned block by block.
+    size = min(n, params.train_per_cell * nlist)
+    sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    kmeans.train(_float32(Z[sample]))
+    assign = np.empty(n, dtype=np.int64)
+    step = 262144
+    for start in range(0, n, step):
+        _, found = kmeans.index.search(_float32(Z[start : start + step]), 1)
+        assign[start : start + step] = found[:, 0]
+    return kmeans.centroids.copy(), assign
 
 
 def _cell_members(assign: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,87 +251,131 @@ def _cell_members(assign: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarra
     return order, bounds
 
 
-def _ann_candidates(
-    X: np.ndarray, n_candidates: int, params: AnnParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(candidates, order)``: (n, partitions * n_candidates) candidate row
-    numbers (-1 where none) and the rows sorted by their first-partition cell
-    (re-ranking in that order finds most candidates in the CPU cache)."""
+def _cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
+    """One k-means partition of the candidate space: ``(order, bounds, probes)``, the rows
+    sorted by cell, each cell's slice of them and the ``nprobe`` cells nearest to each."""
     import faiss
 
-    n = X.shape[0]
-    Z = _pca_space(X, params)
-    nlist = params.nlist or max(1, int(round(n / params.cell_size)))
-    nlist = min(nlist, n)
+    centroids, assign = _partition(Z, nlist, seed, params)
+    order, bounds = _cell_members(assign, nlist)
+    nprobe = min(params.nprobe, nlist)
+    if nlist > 1:
+        _, probes = faiss.knn(centroids, centroids, nprobe)
+    else:
+        probes = np.zeros((1, 1), dtype=np.int64)
+    return order, bounds, probes
+
+
+def _cell_candidates(
+    Z: np.ndarray, cells, n_candidates: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, candidates)`` for each non-empty cell: its rows and their
+    ``(len(rows), n_candidates)`` nearest rows of the probed cells in the candidate
+    space (-1 where there are fewer)."""
+    import faiss
+
+    order, bounds, probes = cells
+    for cell in range(len(bounds) - 1):
+        rows = order[bounds[cell] : bounds[cell + 1]]
+        if rows.size == 0:
+            continue
+        cand = np.concatenate([order[bounds[c] : bounds[c + 1]] for c in probes[cell] if c >= 0])
+        kk = min(n_candidates, cand.size)
+        _, found = faiss.knn(_float32(Z[rows]), _float32(Z[cand]), kk)
+        out = np.full((rows.size, n_candidates), -1, dtype=np.int64)
+        out[:, :kk] = np.where(found >= 0, cand[np.maximum(found, 0)], -1)
+        yield rows, out
+
+
+def _ann_candidates(
+    Z: np.ndarray, n_candidates: int, nlist: int, params: AnnParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidates, order)`` of several partitions: (n, partitions * n_candidates)
+    candidate row numbers (-1 where none) and the rows sorted by their first-partition
+    cell (re-ranking in that order finds most candidates in the CPU cache)."""
+    n = Z.shape[0]
     itype = np.int32 if n < 2**31 else np.int64
     out = np.full((n, params.partitions * n_candidates), -1, dtype=itype)
     first_order = None
     for part in range(params.partitions):
-        centroids, assign = _partition(Z, nlist, params.seed + 1000 * part, params)
-        order, bounds = _cell_members(assign, nlist)
+        cells = _cells(Z, nlist, params.seed + 1000 * part, params)
         if first_order is None:
-            first_order = order
-        nprobe = min(params.nprobe, nlist)
-        if nlist > 1:
-            _, probes = faiss.knn(centroids, centroids, nprobe)
-        else:
-            probes = np.zeros((1, 1), dtype=np.int64)
+            first_order = cells[0]
         col = part * n_candidates
-        for cell in range(nlist):
-            rows = order[bounds[cell] : bounds[cell + 1]]
-            if rows.size == 0:
-                continue
-            cand = np.concatenate(
-                [order[bounds[c] : bounds[c + 1]] for c in probes[cell] if c >= 0]
-            )
-            kk = min(n_candidates, cand.size)
-            _, found = faiss.knn(Z[rows], Z[cand], kk)
-            out[rows, col : col + kk] = np.where(found >= 0, cand[np.maximum(found, 0)], -1)
+        for rows, found in _cell_candidates(Z, cells, n_candidates):
+            out[rows, col : col + n_candidates] = found
     return out, first_order
 
 
+def _rerank_rows(
+    data: _Rows,
+    rows: np.ndarray,
+    cand: np.ndarray,
+    k: int,
+    dist: np.ndarray,
+    ind: np.ndarray,
+) -> np.ndarray:
+    """Exact k nearest of ``rows`` among their candidates ``cand`` (self and duplicates
+    dropped, ties by row number), written into ``dist`` and ``ind``; returns the rows
+    with fewer than k distinct candidates (left for :func:`_exhaustive`)."""
+    C = np.sort(cand.astype(np.int64), axis=1)
+    invalid = (C < 0) | (C == rows[:, None])
+    invalid[:, 1:] |= C[:, 1:] == C[:, :-1]
+    G = data.take(np.maximum(C, 0))  # (b, m, d)
+    G -= data.take(rows)[:, None, :]
+    d2 = np.einsum("bmd,bmd->bm", G, G)
+    del G
+    d2[invalid] = np.inf
+    pick = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(d2, pick, axis=1)
+    dist[rows] = np.sqrt(best)
+    ind[rows] = np.take_along_axis(C, pick, axis=1)
+    return rows[~np.isfinite(best[:, -1])]
+
+
+def _exhaustive(data: _Rows, rows: np.ndarray, k: int, dist, ind, step: int = 262144) -> None:
+    """The k nearest other rows of ``rows`` against every row (rows whose candidates were
+    too few), ``step`` rows of the base at a time."""
+    import faiss
+
+    if rows.size == 0:
+        return
+    queries = data.take(rows)
+    found_d, found_i = [], []
+    for start in range(0, data.n, step):
+        base = data.block(start, start + step)
+        d2, found = faiss.knn(queries, base, min(k + 1, len(base)))
+        found_d.append(d2)
+        found_i.append(np.where(found >= 0, found + start, -1))
+    d2, found = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
+    for r, drow, frow in zip(rows, d2, found):
+        keep = (frow != r) & (frow >= 0)
+        order = np.lexsort((frow[keep], drow[keep]))[:k]
+        ind[r] = frow[keep][order]
+        dist[r] = np.sqrt(np.maximum(drow[keep][order], 0.0))
+
+
 def _rerank(
-    X: np.ndarray, cand: np.ndarray, k: int, block: int, order: np.ndarray | None = None
+    data: _Rows, cand: np.ndarray, k: int, block: int, order: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest among each row's candidates (self and duplicates dropped).
 
-    Rows are processed in ``order`` (default: index order). Rows with fewer
-    than k distinct candidates are searched exhaustively. Ties are broken by
+    Rows are processed in ``order`` (default: index order), ``block`` at a time. Rows
+    with fewer than k distinct candidates are searched exhaustively. Ties are broken by
     row number.
     """
-    import faiss
-
-    n = X.shape[0]
+    n = data.n
     if order is None:
         order = np.arange(n)
     dist = np.empty((n, k), dtype=np.float32)
     ind = np.empty((n, k), dtype=np.int64)
-    short = []
-    for start in range(0, n, block):
-        rows = order[start : start + block]
-        C = np.sort(cand[rows].astype(np.int64), axis=1)
-        invalid = (C < 0) | (C == rows[:, None])
-        invalid[:, 1:] |= C[:, 1:] == C[:, :-1]
-        G = X[np.maximum(C, 0)]  # (b, m, d)
-        G -= X[rows, None, :]
-        d2 = np.einsum("bmd,bmd->bm", G, G)
-        del G
-        d2[invalid] = np.inf
-        pick = np.argsort(d2, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(d2, pick, axis=1)
-        dist[rows] = np.sqrt(best)
-        ind[rows] = np.take_along_axis(C, pick, axis=1)
-        bad = ~np.isfinite(best[:, -1])
-        if bad.any():
-            short.append(rows[bad])
-    if short:
-        rows = np.concatenate(short)
-        d2, found = faiss.knn(X[rows], X, k + 1)
-        for r, (drow, frow) in zip(rows, zip(d2, found)):
-            keep = frow != r
-            order = np.lexsort((frow[keep], drow[keep]))[:k]
-            ind[r] = frow[keep][order]
-            dist[r] = np.sqrt(np.maximum(drow[keep][order], 0.0))
+    short = [
+        _rerank_rows(
+            data, order[start : start + block], cand[order[start : start + block]], k, dist, ind
+        )
+        for start in range(0, n, block)
+    ]
+    _exhaustive(data, np.concatenate(short), k, dist, ind)
     return dist, ind
 
 
@@ -258,6 +386,7 @@ def torch_knn(
     query_block: int = 4096,
     base_block: int = 1 << 18,
     margin: int = 16,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest other rows by blocked brute force with torch on ``device`` (self excluded).
 
@@ -270,7 +399,8 @@ def torch_knn(
     build with GPU support: torch, with CUDA, is already there for the models.
     Memory on the device: the rows in float32 and in the product's precision, plus one
     ``query_block x base_block`` float32 block (4 GiB at the defaults): 10,000,000 x 512
-    takes about 35 GiB of GPU memory.
+    takes about 35 GiB of GPU memory. ``rows``: search among these rows of ``X`` only
+    (numbered 0..len(rows)-1 in the result), as :func:`approximate_knn`.
     """
     try:
         import torch
@@ -280,7 +410,8 @@ def torch_knn(
         ) from None
 
     X = _as_matrix(X)
-    n = X.shape[0]
+    rows = _as_rows(rows, X.shape[0])
+    n = X.shape[0] if rows is None else len(rows)
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}], got {k}")
     dev = torch.device(device)
@@ -289,8 +420,12 @@ def torch_knn(
     dist = np.empty((n, k), dtype=np.float32)
     ind = np.empty((n, k), dtype=np.int64)
     with torch.inference_mode():
-        full = torch.from_numpy(X).to(dev)
-        base = full if low == torch.float32 else full.to(low)
+        stored = torch.from_numpy(X).to(dev)
+        if rows is not None:
+            stored = stored[torch.from_numpy(rows).to(dev)]
+        full = stored.float()
+        base = full if low == torch.float32 else stored.to(low)
+        del stored
         squares = (full * full).sum(dim=1)
         for start in range(0, n, query_block):
             stop = min(start + query_block, n)
@@ -308,11 +443,11 @@ def torch_knn(
                     d2, pick = torch.topk(d2, min(kept, d2.shape[1]), dim=1, largest=False)
                     found = torch.gather(found, 1, pick)
                 best_d, best_i = d2, found
-            rows = torch.arange(start, stop, device=dev)
+            itself = torch.arange(start, stop, device=dev)
             # exact float32 distances of the candidates, from the differences
             diff = full[best_i] - full[start:stop, None, :]
             exact = (diff * diff).sum(dim=2)
-            exact[best_i == rows[:, None]] = float("inf")
+            exact[best_i == itself[:, None]] = float("inf")
             # by distance, ties by row number: sort by row, then a stable sort by distance
             by_row = torch.argsort(best_i, dim=1)
             best_i = torch.gather(best_i, 1, by_row)
@@ -324,21 +459,43 @@ def torch_knn(
 
 
 def approximate_knn(
-    X: np.ndarray, k: int, ann: AnnParams | None = None
+    X: np.ndarray, k: int, ann: AnnParams | None = None, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The approximate path of :func:`knn` (whatever the size of X)."""
+    """The approximate path of :func:`knn` (whatever the size of X).
+
+    ``rows``: search among these rows of ``X`` only (e.g. one class), read through the
+    index instead of copied; the result's row numbers are then positions in ``rows``.
+    """
     X = _as_matrix(X)
+    rows = _as_rows(rows, X.shape[0])
     ann = ann or AnnParams()
-    n = X.shape[0]
+    data = _Rows(X, rows)
+    n = data.n
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}], got {k}")
     device = _search_device(ann.device)
     if device.startswith("cuda"):
-        return torch_knn(X, k, device)
+        return torch_knn(X, k, device, rows=rows)
     _set_threads(ann.threads)
     n_candidates = max(ann.candidates, k + 1)
-    cand, order = _ann_candidates(X, n_candidates, ann)
-    return _rerank(X, cand, k, ann.rerank_block, order)
+    Z = _pca_space(data, ann)
+    nlist = min(n, ann.nlist or max(1, int(round(n / ann.cell_size))))
+    if ann.partitions > 1:
+        cand, order = _ann_candidates(Z, n_candidates, nlist, ann)
+        del Z
+        return _rerank(data, cand, k, ann.rerank_block, order)
+    # One partition: each cell's rows are re-ranked as soon as their candidates are
+    # found (row by row the same result as _rerank, without an n x candidates table).
+    dist = np.empty((n, k), dtype=np.float32)
+    ind = np.empty((n, k), dtype=np.int64)
+    short = []
+    for cell_rows, cand in _cell_candidates(Z, _cells(Z, nlist, ann.seed, ann), n_candidates):
+        for start in range(0, cell_rows.size, ann.rerank_block):
+            stop = start + ann.rerank_block
+            short.append(_rerank_rows(data, cell_rows[start:stop], cand[start:stop], k, dist, ind))
+    del Z
+    _exhaustive(data, np.concatenate(short), k, dist, ind)
+    return dist, ind
 
 
 def knn(
@@ -346,20 +503,24 @@ def knn(
     k: int,
     exact_max: int = DEFAULT_EXACT_MAX,
     ann: AnnParams | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows (Euclidean): ``(distances, indices)``.
 
     ``distances`` is float32 ``(n, k)``, ascending per row; ``indices`` int64.
     A row is never its own neighbour (duplicates of it are, at distance 0).
     Exact (scikit-learn) when ``n <= exact_max``, else :func:`approximate_knn`.
+    ``rows``: among these rows of ``X`` only (``n = len(rows)``; indices are positions
+    in ``rows``).
     """
     X = _as_matrix(X)
-    n = X.shape[0]
+    rows = _as_rows(rows, X.shape[0])
+    n = X.shape[0] if rows is None else len(rows)
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}], got {k}")
     if n <= exact_max:
-        return exact_knn(X, k)
-    return approximate_knn(X, k, ann)
+        return exact_knn(rows_float32(X, rows), k)
+    return approximate_knn(X, k, ann, rows)
 
 
 # --------------------------------------------------------------------------- similarity pairs
@@ -367,7 +528,7 @@ def knn(
 
 def _is_normalised(X: np.ndarray, tol: float = 1e-3, step: int = 262144) -> bool:
     for start in range(0, X.shape[0], step):
-        block = X[start : start + step]
+        block = X[start : start + step].astype(np.float32, copy=False)
         norms = np.einsum("ij,ij->i", block, block)
         if np.any(np.abs(norms - 1.0) > 2 * tol):
             return False
@@ -379,6 +540,7 @@ def normalised(X: np.ndarray) -> np.ndarray:
     X = _as_matrix(X)
     if _is_normalised(X):
         return X
+    X = X.astype(np.float32, copy=False)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norms > 0, norms, 1.0)
 
@@ -405,6 +567,7 @@ def iter_similar_pairs(
     if n < 2:
         return
     if n <= exact_max:
+        X = X.astype(np.float32, copy=False)
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
             S = X[start:stop] @ X[start:].T
@@ -462,5 +625,6 @@ __all__ = [
     "iter_similar_pairs",
     "knn",
     "normalised",
+    "rows_float32",
     "similar_pairs",
 ]

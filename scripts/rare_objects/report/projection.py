@@ -3,7 +3,8 @@ t-SNE or UMAP coordinates.
 
 Shown are every mined object (final outlier, outlier, target match) and a
 seeded sample of the rest, up to ``max_points`` in all (:func:`choose_shown`).
-Only the embeddings of the shown objects are read (:func:`read_embeddings_of`,
+Only the embeddings of the shown objects are read
+(:func:`rare_objects.io.embeddings.read_embeddings_of`,
 one record batch at a time), so the stage holds at most ``max_points`` vectors
 however large the run.
 """
@@ -12,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
-from rare_objects.io.embeddings import iter_embedding_blocks
+from rare_objects.io.embeddings import read_embeddings_of
 from rare_objects.report import tsne
 from rare_objects.report.shown_objects import final_outlier_mask, first_flag
 
@@ -69,30 +69,6 @@ def choose_shown(reasons, scores, max_points: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     sample = rng.choice(rest, size=max_points - len(mined), replace=False)
     return np.sort(np.concatenate([mined, sample]))
-
-
-def read_embeddings_of(
-    paths, object_ids: Iterable[str], batch_size: int = 65536
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order,
-    float32 whether the shards store float32 or float16.
-
-    Reads the embeddings one block at a time
-    (:func:`rare_objects.io.embeddings.iter_embedding_blocks`) and keeps only the wanted
-    rows, so memory is the wanted vectors plus one block.
-    """
-    wanted = pd.Index(pd.unique(np.asarray(list(object_ids), dtype=object)))
-    ids: list[np.ndarray] = []
-    blocks: list[np.ndarray] = []
-    for frame, X in iter_embedding_blocks(paths, block_rows=batch_size):
-        batch_ids = frame["object_id"].to_numpy(dtype=object)
-        keep = wanted.get_indexer(batch_ids) >= 0
-        if keep.any():
-            ids.append(batch_ids[keep])
-            blocks.append(X[keep])
-    if not blocks:
-        return np.empty(0, dtype=object), np.empty((0, 0), dtype=np.float32)
-    return np.concatenate(ids), np.concatenate(blocks)
 
 
 def umap_coordinates(

@@ -44,11 +44,12 @@ OUTLIER_COLUMNS = [
 def read_objects(embedding_paths, detection_paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stage's input: ``(object_ids, X, class_names)``, one row per valid embedding
     (:func:`rare_objects.io.embeddings.read_embedding_matrix`, in its order) with the
-    object's detector class from the detection shards (None where it has none)."""
+    object's detector class from the detection shards (None where it has none). ``X`` is
+    float16 when the shards store float16 (``embedder.storage``), read as stored."""
     from rare_objects.io import schemas
-    from rare_objects.io.embeddings import read_embedding_matrix
+    from rare_objects.io.embeddings import read_embedding_matrix, stored_dtype_of
 
-    ids, X = read_embedding_matrix(embedding_paths)
+    ids, X = read_embedding_matrix(embedding_paths, dtype=stored_dtype_of(embedding_paths))
     classes = schemas.read_parts(detection_paths, ["object_id", "class_name"])
     class_names = classes.set_index("object_id")["class_name"].reindex(ids["object_id"])
     return ids["object_id"].to_numpy(), X, class_names.to_numpy()
@@ -90,7 +91,9 @@ def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) 
     NA) for classes below ``min_samples``, whose ``class_outlier`` is False.
     """
     detectors = check_detectors(outliers["detectors"])
-    X = np.asarray(X, dtype=np.float32)
+    X = np.asarray(X)
+    if X.dtype != np.float16:  # float16 (embedder.storage) stays so: half the memory
+        X = np.asarray(X, dtype=np.float32)
     names = np.asarray(class_names, dtype=object)
     n = X.shape[0]
     if names.shape != (n,):
@@ -112,7 +115,8 @@ def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) 
         rows = np.flatnonzero(inverse == c)
         in_class = []
         for name in detectors:
-            found = outlier_detectors.detect(name, X[rows], settings[name], seed)
+            # the class's rows read through their index: no copy of a class of millions
+            found = outlier_detectors.detect(name, X, settings[name], seed, rows=rows)
             class_scores[name][rows] = found.score
             class_outlier[rows] |= found.is_outlier
             in_class.append(found.score)

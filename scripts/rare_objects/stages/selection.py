@@ -10,6 +10,7 @@ whichever detectors ran).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -31,9 +32,24 @@ def caption_partition(object_ids: pd.Series, partitions: int) -> np.ndarray:
     )
 
 
+def candidate_embeddings(embeddings, object_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The embeddings of the candidates, in their order (see :func:`select_objects`)."""
+    if not callable(embeddings):
+        return np.asarray(embeddings)[positions]
+    found_ids, X = embeddings(object_ids)
+    where = pd.Index(found_ids).get_indexer(object_ids)
+    if (where < 0).any():
+        missing = object_ids[where < 0]
+        raise ValueError(
+            f"{len(missing)} candidate(s) have no embedding, e.g. {missing[0]!r}:"
+            " the outliers table and the embedding shards are out of step"
+        )
+    return X[where]
+
+
 def select_objects(
     objects: pd.DataFrame,
-    matrix: np.ndarray,
+    embeddings: np.ndarray | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     targets: dict[str, list[str]],
     include: list[str],
     vlm_for: list[str],
@@ -46,7 +62,10 @@ def select_objects(
     """The selection table (schemas.SELECTION) for ``objects``.
 
     ``objects`` has object_id, class_name, is_outlier, score_global, image_path,
-    confidence and the box, in the row order of ``matrix`` (their embeddings).
+    confidence and the box. ``embeddings``: their embedding matrix (in the row order of
+    ``objects``), or a function that reads the embeddings of the object ids it is given,
+    ``ids -> (ids, X)`` in any order (as :func:`rare_objects.io.embeddings.read_embeddings_of`):
+    only the candidates' are needed, a few percent of the objects at nuScenes scale.
     ``seed`` seeds the near-duplicate search above ``exact_max`` rows.
     """
     frame = objects.reset_index(drop=True).copy()
@@ -72,7 +91,7 @@ def select_objects(
     positions = np.flatnonzero(candidate)
     if len(positions):
         cluster, keep, reason = diversity_filter(
-            matrix[positions],
+            candidate_embeddings(embeddings, frame["object_id"].to_numpy()[positions], positions),
             frame["priority"].to_numpy()[positions],
             threshold=similarity_threshold,
             max_per_cluster=max_per_cluster,

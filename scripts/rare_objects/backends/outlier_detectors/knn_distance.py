@@ -32,16 +32,16 @@ def check_settings(settings: dict) -> None:
         raise ValueError("n_neighbors must be >= 1")
 
 
-def detect(X: np.ndarray, settings: dict, seed: int) -> Detection:
+def detect(X: np.ndarray, settings: dict, seed: int, rows: np.ndarray | None = None) -> Detection:
     """Mean distance to the k nearest rows (higher = more anomalous); outliers above the quantile."""
     check_settings(settings)
     contamination = float(settings["contamination"])
-    n = X.shape[0]
+    n = X.shape[0] if rows is None else len(rows)
     if n < 2:
         return Detection(np.zeros(n, np.float32), np.zeros(n, bool))
     k = min(settings["n_neighbors"], n - 1)
     ann = AnnParams(seed=seed, device=settings.get("device", "cpu"))
-    dist, _ = knn(X, k, settings["exact_max_samples"], ann)
+    dist, _ = knn(X, k, settings["exact_max_samples"], ann, rows)
     score = dist.mean(axis=1, dtype=np.float64).astype(np.float32)
     threshold = np.quantile(score, 1.0 - contamination)
     return Detection(score, score > threshold)
