@@ -150,8 +150,21 @@ def iter_synthetic_embeddings(
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process's own memory so far.
+
+    ``VmHWM`` of /proc/self/status where there is one (Linux): the high-water mark of this
+    process's address space. Not ``getrusage``'s ``ru_maxrss``: Linux carries that one over
+    ``exec`` from the forked copy of the parent, so a child started by
+    :func:`run_isolated` from a parent holding gigabytes reported the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _child(queue, func, args, kwargs):
