@@ -23,6 +23,37 @@ if str(ROOT / "scripts") not in sys.path:
 GIB = 1024**3
 
 
+def _kinds(rng, dim: int, n_clusters: int, latent_dim: int):
+    """The model of the synthetic rows: ``(mean, centres, bases, weights)``, a shared mean
+    direction, each object kind's centre and low-rank spread, and Zipf-like kind sizes."""
+    mean = rng.standard_normal(dim).astype(np.float32)
+    mean *= 1.0 / np.linalg.norm(mean)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(
+        dim * latent_dim
+    )
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    weights /= weights.sum()
+    return mean, centres, bases, weights
+
+
+def _draw_rows(rng, cluster: np.ndarray, mean, centres, bases) -> np.ndarray:
+    """Unnormalised rows for ``cluster`` (one kind per row, -1: a planted outlier)."""
+    dim, latent_dim = mean.shape[0], bases.shape[1]
+    block = np.empty((cluster.size, dim), dtype=np.float32)
+    for j in np.unique(cluster):
+        rows = np.flatnonzero(cluster == j)
+        if j < 0:
+            block[rows] = rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.08
+            block[rows] += 0.6 * mean
+            continue
+        z = rng.standard_normal((rows.size, latent_dim), dtype=np.float32)
+        block[rows] = 0.8 * mean + 0.6 * centres[j] + 0.45 * (z @ bases[j])
+        block[rows] += rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.005
+    return block
+
+
 def synthetic_embeddings(
     n: int,
     dim: int = 512,
@@ -47,15 +78,7 @@ def synthetic_embeddings(
     the planted outliers) and the planted-outlier mask.
     """
     rng = np.random.default_rng(seed)
-    mean = rng.standard_normal(dim).astype(np.float32)
-    mean *= 1.0 / np.linalg.norm(mean)
-    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(
-        dim * latent_dim
-    )
-    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
-    weights /= weights.sum()
+    mean, centres, bases, weights = _kinds(rng, dim, n_clusters, latent_dim)
     cluster = rng.choice(n_clusters, size=n, p=weights).astype(np.int32)
     planted = rng.random(n) < outlier_fraction
     cluster[planted] = -1
@@ -63,16 +86,7 @@ def synthetic_embeddings(
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         c = cluster[start:stop]
-        block = np.empty((stop - start, dim), dtype=np.float32)
-        for j in np.unique(c):
-            rows = np.flatnonzero(c == j)
-            if j < 0:
-                block[rows] = rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.08
-                block[rows] += 0.6 * mean
-                continue
-            z = rng.standard_normal((rows.size, latent_dim), dtype=np.float32)
-            block[rows] = 0.8 * mean + 0.6 * centres[j] + 0.45 * (z @ bases[j])
-            block[rows] += rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.005
+        block = _draw_rows(rng, c, mean, centres, bases)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         X[start:stop] = block
     if duplicate_fraction > 0:
@@ -110,30 +124,13 @@ def iter_synthetic_embeddings(
     in successive frames. Memory: one chunk.
     """
     rng = np.random.default_rng(seed)
-    mean = rng.standard_normal(dim).astype(np.float32)
-    mean *= 1.0 / np.linalg.norm(mean)
-    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    bases = rng.standard_normal((n_clusters, latent_dim, dim)).astype(np.float32) / np.sqrt(
-        dim * latent_dim
-    )
-    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
-    weights /= weights.sum()
+    mean, centres, bases, weights = _kinds(rng, dim, n_clusters, latent_dim)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         cluster = rng.choice(n_clusters, size=m, p=weights).astype(np.int32)
         planted = rng.random(m) < outlier_fraction
         cluster[planted] = -1
-        X = np.empty((m, dim), dtype=np.float32)
-        for j in np.unique(cluster):
-            rows = np.flatnonzero(cluster == j)
-            if j < 0:
-                X[rows] = rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.08
-                X[rows] += 0.6 * mean
-                continue
-            z = rng.standard_normal((rows.size, latent_dim), dtype=np.float32)
-            X[rows] = 0.8 * mean + 0.6 * centres[j] + 0.45 * (z @ bases[j])
-            X[rows] += rng.standard_normal((rows.size, dim), dtype=np.float32) * 0.005
+        X = _draw_rows(rng, cluster, mean, centres, bases)
         n_dup = int(m * duplicate_fraction)
         if n_dup and m > 1:
             target = rng.choice(

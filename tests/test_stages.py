@@ -298,10 +298,8 @@ def test_target_matches_and_selection_reasons():
     matrix = np.eye(6, 4, dtype=np.float32)
     matrix[3:5] = [0, 1, 0, 0]  # o3 and o4 duplicate o1's direction
     matrix[1] = [0, 1, 0, 0]
-    table = selection.select_objects(
-        objects,
-        matrix,
-        targets,
+    settings = dict(
+        targets=targets,
         include=["outliers", "targets"],
         vlm_for=["targets"],
         similarity_threshold=0.99,
@@ -309,6 +307,7 @@ def test_target_matches_and_selection_reasons():
         partitions=3,
         seed=0,
     )
+    table = selection.select_objects(objects, matrix, **settings)
     assert table.loc[0, "target_matches"] == ["construction_vehicle", "trailer"]
     assert table["candidate"].tolist() == [True, True, True, True, True, False]
     # o1, o3, o4 are one cluster; the two most anomalous (o1: 3.0, o4: 2.5) are kept
@@ -328,15 +327,6 @@ def test_target_matches_and_selection_reasons():
         keep = [i for i in range(6) if f"o{i}" in set(object_ids) and f"o{i}" not in drop]
         return np.array([f"o{i}" for i in keep[::-1]], dtype=object), matrix[keep[::-1]]
 
-    settings = dict(
-        targets=targets,
-        include=["outliers", "targets"],
-        vlm_for=["targets"],
-        similarity_threshold=0.99,
-        max_per_cluster=2,
-        partitions=3,
-        seed=0,
-    )
     pd.testing.assert_frame_equal(selection.select_objects(objects, read_some, **settings), table)
     assert asked == [["o0", "o1", "o2", "o3", "o4"]]  # not o5, no candidate
     with pytest.raises(ValueError, match="1 candidate.*'o3'.*out of step"):
