@@ -127,15 +127,13 @@ class _Rows:
 
     def take(self, idx) -> np.ndarray:
         """Rows ``idx`` (any shape of row numbers) as float32, a new array."""
-        picked = self.X[idx if self.rows is None else self.rows[idx]]
-        return picked if picked.dtype == np.float32 else picked.astype(np.float32)
+        return _float32(self.X[idx if self.rows is None else self.rows[idx]])
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32 (a view of ``X`` where no copy is needed)."""
         if self.rows is not None:
             return self.take(np.arange(start, min(stop, self.n)))
-        block = self.X[start:stop]
-        return block if block.dtype == np.float32 else block.astype(np.float32)
+        return _float32(self.X[start:stop])
 
     def matrix(self) -> np.ndarray:
         """All of them as one float32 matrix (``X`` itself when it already is one)."""
