@@ -110,6 +110,12 @@ def _as_rows(rows, n_total: int) -> np.ndarray | None:
     return rows
 
 
+def index_dtype(n: int) -> type:
+    """The dtype of row numbers among ``n`` rows: int32 while they fit (half the memory of
+    the neighbour table: 0.8 GB less at 10,000,000 rows and k = 20), else int64."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 class _Rows:
     """The rows a search runs on, numbered 0..n-1: all rows of ``X``, or the rows
     ``rows`` of it, read through the index instead of copied out; float32 on the way out."""
@@ -167,7 +173,7 @@ def exact_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     nn = NearestNeighbors(n_neighbors=k).fit(X)
     dist, ind = nn.kneighbors()
-    return dist.astype(np.float32), ind.astype(np.int64)
+    return dist.astype(np.float32), ind.astype(index_dtype(len(X)))
 
 
 # --------------------------------------------------------------------------- approximate
@@ -292,8 +298,7 @@ def _ann_candidates(
     candidate row numbers (-1 where none) and the rows sorted by their first-partition
     cell (re-ranking in that order finds most candidates in the CPU cache)."""
     n = Z.shape[0]
-    itype = np.int32 if n < 2**31 else np.int64
-    out = np.full((n, params.partitions * n_candidates), -1, dtype=itype)
+    out = np.full((n, params.partitions * n_candidates), -1, dtype=index_dtype(n))
     first_order = None
     for part in range(params.partitions):
         cells = _cells(Z, nlist, params.seed + 1000 * part, params)
@@ -366,7 +371,7 @@ def _rerank(
     if order is None:
         order = np.arange(n)
     dist = np.empty((n, k), dtype=np.float32)
-    ind = np.empty((n, k), dtype=np.int64)
+    ind = np.empty((n, k), dtype=index_dtype(n))
     short = [
         _rerank_rows(
             data, order[start : start + block], cand[order[start : start + block]], k, dist, ind
@@ -416,7 +421,7 @@ def torch_knn(
     low = torch.float16 if dev.type == "cuda" else torch.float32
     kept = min(n, k + 1 + margin)  # candidates per row, itself included
     dist = np.empty((n, k), dtype=np.float32)
-    ind = np.empty((n, k), dtype=np.int64)
+    ind = np.empty((n, k), dtype=index_dtype(n))
     with torch.inference_mode():
         stored = torch.from_numpy(X).to(dev)
         if rows is not None:
@@ -485,7 +490,7 @@ def approximate_knn(
     # One partition: each cell's rows are re-ranked as soon as their candidates are
     # found (row by row the same result as _rerank, without an n x candidates table).
     dist = np.empty((n, k), dtype=np.float32)
-    ind = np.empty((n, k), dtype=np.int64)
+    ind = np.empty((n, k), dtype=index_dtype(n))
     short = []
     for cell_rows, cand in _cell_candidates(Z, _cells(Z, nlist, ann.seed, ann), n_candidates):
         for start in range(0, cell_rows.size, ann.rerank_block):
@@ -505,7 +510,8 @@ def knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows (Euclidean): ``(distances, indices)``.
 
-    ``distances`` is float32 ``(n, k)``, ascending per row; ``indices`` int64.
+    ``distances`` is float32 ``(n, k)``, ascending per row; ``indices`` int32
+    (:func:`index_dtype`: int64 from 2**31 rows).
     A row is never its own neighbour (duplicates of it are, at distance 0).
     Exact (scikit-learn) when ``n <= exact_max``, else :func:`approximate_knn`.
     ``rows``: among these rows of ``X`` only (``n = len(rows)``; indices are positions
@@ -620,6 +626,7 @@ __all__ = [
     "approximate_knn",
     "available_cores",
     "exact_knn",
+    "index_dtype",
     "iter_similar_pairs",
     "knn",
     "normalised",
