@@ -34,6 +34,20 @@ def test_defaults_alone_validate_and_fill_nested_sections():
     assert filled["captions"]["openai"]["api_key_env"] == "OPENAI_API_KEY"
 
 
+def test_the_schema_is_parsed_once_and_no_default_is_shared_between_configs():
+    with open(cfg.SCHEMA_PATH, encoding="utf-8") as handle:
+        assert cfg.load_schema() == yaml.safe_load(handle)  # libyaml parses it the same
+    first = cfg.defaults()
+    first["targets"]["trailer"].append("boat")  # a nested default, changed by its user
+    first["captions"]["vlm_for"].clear()
+    schema = cfg.load_schema()
+    schema["properties"]["detector"]["properties"]["conf"]["default"] = 0.9  # a copy
+    second = cfg.defaults()
+    assert second["targets"]["trailer"] == ["truck", "train"]
+    assert second["captions"]["vlm_for"] == ["targets"]
+    assert second["detector"]["conf"] == 0.25
+
+
 def test_bundled_config_is_valid():
     with open("config.yaml") as handle:
         cfg.validate(yaml.safe_load(handle))
