@@ -11,6 +11,7 @@ Snakemake call, each job's time from its benchmark file, and the ratios
 (target ≤ 1.15 at concurrency 256 over 20,000 crops, job start-up included).
 
     python bench/caption_stage.py [--images 2000] [--objects-per-image 10] [--partitions 2]
+                                  [--image-size 320x240]
                                   [--concurrency 256] [--latency-ms 200] [--jobs 1]
 """
 
@@ -40,6 +41,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--objects-per-image", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument(
+        "--image-size",
+        default="320x240",
+        help="WIDTHxHEIGHT of the generated JPEG noise images (nuScenes cameras: 1600x900)",
+    )
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument(
@@ -49,8 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-caption-stage-"))
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
     _, crops = write_caption_workload(
-        work, args.images, args.objects_per_image, args.partitions, seed=0
+        work, args.images, args.objects_per_image, args.partitions, (width, height), seed=0
     )
     latency = args.latency_ms / 1000
     with FixedLatencyServer(latency) as url:
@@ -89,7 +96,7 @@ def main() -> None:
     failed = int(captions["error"].notna().sum())
     ideal = crops * latency / (args.concurrency * min(args.jobs, args.partitions))
     print(
-        f"{crops} crops in {args.partitions} caption jobs ({args.jobs} at once), concurrency "
+        f"{crops} crops of {args.images} {width}x{height} images in {args.partitions} caption jobs ({args.jobs} at once), concurrency "
         f"{args.concurrency}, latency {args.latency_ms:g} ms, {failed} failed"
     )
     print(

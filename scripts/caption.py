@@ -1,7 +1,5 @@
 """Rule caption: VLM or simple captions of one partition of the selected objects."""
 
-import pandas as pd
-
 from rare_objects.runtime import start_rule
 
 log = start_rule(snakemake)
@@ -9,17 +7,14 @@ log = start_rule(snakemake)
 from rare_objects.backends import captioning  # noqa: E402
 from rare_objects.io import images, schemas  # noqa: E402
 from rare_objects.runtime.speed_settings import rule_section  # noqa: E402
-from rare_objects.stages.captions import all_failed, caption_objects  # noqa: E402
+from rare_objects.stages.captions import all_failed, caption_objects, read_partition  # noqa: E402
 
 part = int(snakemake.wildcards.part)
 # the params plus the speed-only keys (batch sizes, concurrency, loader_workers), read untracked
 settings = rule_section(snakemake, "captions")
 image_cfg = rule_section(snakemake, "images")
 backend = captioning.get_backend(settings["backend"])
-selection = pd.read_parquet(snakemake.input.selection)
-objects = selection[selection["selected"] & (selection["caption_partition"] == part)].reset_index(
-    drop=True
-)
+objects = read_partition(snakemake.input.selection, part)
 log.info(
     "partition %d: %d objects, %d for the VLM (%s)",
     part,

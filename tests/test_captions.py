@@ -186,3 +186,47 @@ def test_no_backend_gives_simple_captions_only(objects):
 def test_missing_columns_are_an_error(objects):
     with pytest.raises(ValueError, match="needs_vlm"):
         caption_objects(objects.drop(columns=["needs_vlm"]), ColourCaptioner())
+
+
+def test_read_partition_reads_the_partitions_selected_rows_in_order(tmp_path):
+    from rare_objects.io.schemas import SELECTION
+    from rare_objects.stages.captions import REQUIRED_COLUMNS, read_partition
+
+    rng = np.random.default_rng(2)
+    n = 500
+    selected = rng.random(n) < 0.6
+    frame = pd.DataFrame(
+        {
+            "object_id": [f"obj-{i:04d}" for i in rng.permutation(n)],
+            "class_name": rng.choice(["car", "truck", "trailer"], n),
+            "is_outlier": rng.random(n) < 0.1,
+            "target_matches": [[] for _ in range(n)],
+            "is_yolo_potential": False,
+            "candidate": selected,
+            "cluster_id": pd.array([None] * n, dtype="Int64"),
+            "selected": selected,
+            "reason": "test",
+            "needs_vlm": rng.random(n) < 0.5,
+            "caption_partition": pd.array(
+                np.where(selected, rng.integers(0, 3, n), 0), dtype="Int32"
+            ),
+            "image_path": [f"/images/{i % 40}.jpg" for i in range(n)],
+            "confidence": rng.random(n),
+            "x1": 1.0,
+            "y1": 2.0,
+            "x2": 30.0,
+            "y2": 40.0,
+            "priority": rng.random(n),
+        }
+    )
+    frame.loc[~frame["selected"], "caption_partition"] = pd.NA
+    path = tmp_path / "selection.parquet"
+    write_table(frame, SELECTION, path, row_group_size=64)  # several row groups
+    whole = pd.read_parquet(path)
+    for part in range(3):
+        expected = whole[whole["selected"] & (whole["caption_partition"] == part)]
+        got = read_partition(path, part)
+        assert list(got.columns) == REQUIRED_COLUMNS
+        pd.testing.assert_frame_equal(got, expected[REQUIRED_COLUMNS].reset_index(drop=True))
+        assert len(got) > 50
+    assert len(read_partition(path, 7)) == 0

@@ -391,6 +391,51 @@ def test_crop_cuts_exactly_the_crop_box():
         assert (np.asarray(piece) == pixels[top:bottom, left:right]).all()
 
 
+def test_cut_crops_equals_crop_decodes_each_run_once_and_records_what_failed(tmp_path):
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    Image.fromarray(pixels).save(first)
+    Image.fromarray(pixels[::-1]).save(second)
+    opened = []
+
+    def counting_open(path):
+        opened.append(path)
+        return images.open_rgb(path)
+
+    def source(path, box):
+        return images.CropSource(str(path), box, counting_open)
+
+    gone = tmp_path / "gone.png"
+    sources = [
+        source(first, (1, 2, 30, 20)),
+        source(first, (10.5, 0, 60, 40)),
+        source(first, (math.nan, 0, 5, 5)),  # a box that cannot be cut
+        source(second, (0, 0, 8, 8)),
+        source(gone, (0, 0, 4, 4)),
+        source(gone, (1, 1, 4, 4)),
+        source(first, (0, 0, 3, 3)),  # first again, after another image: opened again
+    ]
+    cut = images.cut_crops(sources)
+
+    assert opened == [str(first), str(second), str(gone), str(first)]  # once per run of a path
+    for k in (0, 1, 3, 6):
+        expected = images.crop(images.open_rgb(sources[k].path), sources[k].box)
+        assert cut[k].size == expected.size and cut[k].tobytes() == expected.tobytes()
+    assert isinstance(cut[2], images.CropUnavailable)
+    assert str(cut[2]).startswith("crop failed: ValueError")
+    for k in (4, 5):
+        assert isinstance(cut[k], images.CropUnavailable)
+        assert (
+            str(cut[k]) == f"image could not be read: ImageRejected: {gone}: missing: no such file"
+        )
+    # what travels to an encoder process and back
+    assert pickle.loads(pickle.dumps(images.CropSource(str(first), (0, 0, 1, 1)))).path == str(
+        first
+    )
+    assert str(pickle.loads(pickle.dumps(cut[4]))) == str(cut[4])
+
+
 # --- resize_longest -------------------------------------------------------------
 
 

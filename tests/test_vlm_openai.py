@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 
 import pandas as pd
@@ -292,3 +294,79 @@ def test_one_slow_request_does_not_hold_up_the_feed(api_key, tmp_path):
     assert sorted(answered) == widths
     # every other crop was answered before the slow one came back
     assert answered[-1] == 30 and len(answered) - 1 > 2 * concurrency
+
+
+@pytest.mark.parametrize("encode_processes", [2, 0])
+def test_encoders_cut_the_crops_and_the_table_equals_cutting_them_here(
+    api_key, tmp_path, encode_processes
+):
+    # With the rule's opener (a partial, it pickles) the caption stage hands the captioner
+    # CropSources and its encoders decode the images; with an opener that cannot travel to
+    # another process (a lambda) the stage decodes them itself. Same table either way,
+    # unreadable images and uncuttable boxes included, and nothing sent for those.
+    from rare_objects.io import images as imgs
+    from rare_objects.runtime import config
+    from rare_objects.stages.captions import caption_objects
+
+    frames = []
+    for k, size in enumerate([(200, 60), (90, 120)]):
+        path = tmp_path / f"frame-{k}.png"
+        Image.new("RGB", size, (90 + 40 * k, 140, 60)).save(path)
+        frames.append(str(path))
+    gone = str(tmp_path / "gone.png")
+    rows = []
+    for i in range(30):
+        path = [frames[0], frames[1], gone][i % 3]
+        rows.append((f"o{i}", path, 0.0, 1.0, 10.0 + i, 30.0, i % 4 != 0))
+    rows.append(("nan-box", frames[0], float("nan"), 0.0, 5.0, 5.0, True))
+    objects = pd.DataFrame(
+        rows, columns=["object_id", "image_path", "x1", "y1", "x2", "y2", "needs_vlm"]
+    ).assign(class_name="car", confidence=0.9)
+    rule_opener = imgs.opener(config.defaults()["images"])
+
+    opened_by = tmp_path / "opened-by.txt"
+    recording_opener = functools.partial(_open_recording_pid, opened_by)  # pickles, as the rule's
+    tables, sent = [], []
+    for opener in (rule_opener, lambda path: imgs.open_rgb(path), recording_opener):
+        with FakeOpenAIServer() as server:
+            captioner = OpenAICaptioner(
+                server.base_url,
+                "m",
+                api_key_env=KEY_ENV,
+                concurrency=4,
+                encode_processes=encode_processes,
+            )
+            tables.append(caption_objects(objects, captioner, batch_size=8, open_image=opener))
+            sent.append(sorted(r["width"] for r in server.requests))
+            captioner.close()
+
+    for other in (1, 2):
+        pd.testing.assert_frame_equal(tables[0], tables[other])
+        assert sent[0] == sent[other]
+    # where the images were decoded: in the encoder processes, or in this one without them
+    pids = set(opened_by.read_text().split())
+    assert (str(os.getpid()) in pids) == (encode_processes == 0) and pids
+    out = tables[0].set_index("object_id")
+    for i in range(30):
+        row = out.loc[f"o{i}"]
+        if i % 4 == 0:
+            assert row["caption_kind"] == "simple"
+        elif i % 3 == 2:
+            assert pd.isna(row["description"])
+            assert (
+                row["error"]
+                == f"image could not be read: ImageRejected: {gone}: missing: no such file"
+            )
+        else:
+            assert row["description"] == f"object {min(10 + i, [200, 90][i % 3])}x29", i
+    assert out.loc["nan-box", "error"].startswith("crop failed: ValueError")
+    readable = [i for i in range(30) if i % 4 and i % 3 != 2]
+    assert sent[0] == sorted(min(10 + i, [200, 90][i % 3]) for i in readable)
+
+
+def _open_recording_pid(record, path):
+    from rare_objects.io import images as imgs
+
+    with open(record, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return imgs.open_rgb(path)

@@ -21,6 +21,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -343,6 +344,80 @@ def crop_boxes(boxes, width: int, height: int) -> np.ndarray:
 def crop(image: Image.Image, bbox) -> Image.Image:
     """The pixels of ``bbox`` (float, original pixels) cut as :func:`crop_box` defines them."""
     return image.crop(crop_box(bbox, *image.size))
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception for a table's error column (the message alone
+    when it already starts with the type's name, the name alone when it has none)."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and not text.startswith(name) else (text or name)
+
+
+class CropUnavailable(Exception):
+    """A crop that could not be cut: its image could not be read, or its box not cut.
+
+    The message is what the crop's row records as its error.
+    """
+
+    @classmethod
+    def unreadable(cls, exc: BaseException) -> CropUnavailable:
+        return cls(f"image could not be read: {describe_error(exc)}")
+
+    @classmethod
+    def uncut(cls, exc: BaseException) -> CropUnavailable:
+        return cls(f"crop failed: {describe_error(exc)}")
+
+
+@dataclass(frozen=True)
+class CropSource:
+    """A crop not cut yet: its image's path, its box (float, original pixels) and the
+    function that opens the image (:func:`open_rgb` with the run's limits, as
+    :func:`opener` gives; it must pickle to travel to another process).
+
+    A captioner that encodes its crops in worker processes takes these in place of
+    crops (:func:`cut_crops` runs in the worker), so that the process holding the
+    requests never decodes an image.
+    """
+
+    path: str
+    box: tuple[float, float, float, float]
+    open_image: Callable[..., Image.Image] = open_rgb
+
+
+def cut_crops(sources: Iterable[CropSource]) -> list[Image.Image | CropUnavailable]:
+    """The crop of each source, in order, or the :class:`CropUnavailable` that says why not.
+
+    An image is decoded once for a run of consecutive sources with the same path
+    (and opener), and only that one image is held at a time.
+    """
+    crops: list[Image.Image | CropUnavailable] = []
+    current: tuple | None = None
+    image: Image.Image | BaseException | None = None
+    try:
+        for source in sources:
+            key = (source.path, source.open_image)
+            if key != current:
+                if isinstance(image, Image.Image):
+                    image.close()
+                current = key
+                try:
+                    image = source.open_image(source.path)
+                except Exception as exc:  # noqa: BLE001 - this image's crops record it
+                    _drop_tracebacks(exc)
+                    image = exc
+            if isinstance(image, BaseException):
+                crops.append(CropUnavailable.unreadable(image))
+                continue
+            try:
+                crops.append(crop(image, tuple(source.box)))
+            except Exception as exc:  # noqa: BLE001 - this crop records it, the others go on
+                _drop_tracebacks(exc)
+                crops.append(CropUnavailable.uncut(exc))
+    finally:
+        if isinstance(image, Image.Image):
+            image.close()
+    return crops
 
 
 def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:

@@ -11,6 +11,7 @@ failed, so that it can fail the job and a rerun retries.
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,20 @@ REQUIRED_COLUMNS = [
     "confidence",
     "needs_vlm",
 ]
+
+
+def read_partition(selection_path, part: int) -> pd.DataFrame:
+    """The selected objects of caption partition ``part`` from the selection table, with
+    the columns that captioning reads (:data:`REQUIRED_COLUMNS`), in the table's order.
+
+    pyarrow drops the other partitions' rows and the other columns while it reads, so a
+    caption job holds its own objects only, not every object of the run.
+    """
+    return pd.read_parquet(
+        selection_path,
+        columns=REQUIRED_COLUMNS,
+        filters=[("selected", "==", True), ("caption_partition", "==", int(part))],
+    ).reset_index(drop=True)
 
 
 def simple_caption(class_name: str, confidence: float) -> str:
@@ -58,10 +73,12 @@ def _emit(log: Any, message: str) -> None:
         log(message)
 
 
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and not text.startswith(name) else (text or name)
+def _pickles(value) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any failure means: cannot travel to another process
+        return False
+    return True
 
 
 def caption_objects(
@@ -86,7 +103,10 @@ def caption_objects(
     ``progress_every`` objects and at the end. ``open_image`` opens an image
     (the rule passes :func:`rare_objects.io.images.open_rgb` with the configured
     ``images`` limits) and ``loader_workers`` threads decode the next images
-    ahead (0: in this thread).
+    ahead (0: in this thread). A captioner with ``takes_crop_sources`` (the openai
+    backend) is given :class:`~rare_objects.io.images.CropSource` items instead and
+    cuts the crops in its encoder processes, when ``open_image`` pickles (the rule's
+    does); no image is then decoded in this process.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in objects.columns]
     if missing:
@@ -146,8 +166,10 @@ def caption_objects(
         progress(n_simple)
 
     def record(i: int, result) -> None:
-        if isinstance(result, BaseException):
-            vlm_row(i, error=_error_text(result))
+        if isinstance(result, imgs.CropUnavailable):
+            vlm_row(i, error=str(result))
+        elif isinstance(result, BaseException):
+            vlm_row(i, error=imgs.describe_error(result))
         elif not isinstance(result, str) or not result.strip():
             vlm_row(i, error="empty caption from the VLM")
         else:
@@ -156,12 +178,24 @@ def caption_objects(
 
     vlm_positions = [i for i in range(n) if needs[i]]
 
+    paths = objects["image_path"].tolist()
+    boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+
+    def crop_sources():
+        """(row, CropSource) of every VLM row, the rows of an image one after another in the
+        order of its first row, for a captioner that cuts its crops where it encodes them
+        (no image is decoded in this process)."""
+        by_path: dict = {}
+        for i in vlm_positions:
+            by_path.setdefault(paths[i], []).append(i)
+        for path, members in by_path.items():
+            for i in members:
+                yield i, imgs.CropSource(path, tuple(boxes[i].tolist()), open_image)
+
     def crops():
         """(row, crop) of every VLM row, each image decoded once, in threads that run ahead
         (the captioner reads this as it needs crops); a row whose image or crop fails gets
         its error here."""
-        paths = objects["image_path"].tolist()
-        boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
         loaded = imgs.iter_image_rows(
             [paths[i] for i in vlm_positions],
             open_image,
@@ -171,8 +205,9 @@ def caption_objects(
         for _, image, among_vlm in loaded:
             members = [vlm_positions[k] for k in among_vlm]
             if isinstance(image, BaseException):  # ImageRejected or an I/O error
+                unavailable = str(imgs.CropUnavailable.unreadable(image))
                 for i in members:
-                    vlm_row(i, error=f"image could not be read: {_error_text(image)}")
+                    vlm_row(i, error=unavailable)
                 progress(len(members))
                 continue
             try:
@@ -180,7 +215,7 @@ def caption_objects(
                     try:
                         crop = imgs.crop(image, tuple(boxes[i]))
                     except Exception as exc:  # noqa: BLE001
-                        vlm_row(i, error=f"crop failed: {_error_text(exc)}")
+                        vlm_row(i, error=str(imgs.CropUnavailable.uncut(exc)))
                         progress(1)
                         continue
                     yield i, crop
@@ -192,7 +227,12 @@ def caption_objects(
     if vlm_positions:
         # One feed for the whole partition (captioning.caption_stream): the answers come back
         # in any order, each to its own row.
-        for i, result in captioning.caption_stream(captioner, crops(), batch_size):
+        # A captioner that encodes in worker processes cuts the crops there too (the openai
+        # backend: the process holding the requests would otherwise spend about a third of
+        # its CPU decoding images), when the opener can travel to those processes.
+        sources = getattr(captioner, "takes_crop_sources", False) and _pickles(open_image)
+        items = crop_sources() if sources else crops()
+        for i, result in captioning.caption_stream(captioner, items, batch_size):
             record(i, result)
 
     frame = pd.DataFrame(rows, columns=CAPTIONS.names)

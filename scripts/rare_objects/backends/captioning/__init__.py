@@ -39,7 +39,9 @@ class Captioner(Protocol):
 
 # A captioner may also have ``caption_stream(items) -> iterator of (key, answer)`` over
 # ``(key, image)`` pairs, answers in any order: one rolling feed for a whole job
-# (:func:`caption_stream` uses it where it is there).
+# (:func:`caption_stream` uses it where it is there). One with ``takes_crop_sources = True``
+# also takes ``rare_objects.io.images.CropSource`` items in place of images and cuts the
+# crops itself (the openai backend, in its encoder processes).
 
 
 class CaptionError(RuntimeError):

@@ -37,19 +37,28 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _request_bodies(body_parts: tuple[bytes, bytes], images: list) -> list[bytes | str]:
+def _request_bodies(body_parts: tuple[bytes, bytes], images: list) -> list[bytes | str | Exception]:
     """The request bodies of a chunk of crops; for a crop that cannot be encoded, its error text.
 
-    Runs in an encoder process (or thread). A body is the fixed JSON before the
-    image's data URL, the URL, and the fixed JSON after it: base64 needs no JSON
-    escaping, so only the URL is built per crop. Errors travel back as text, so
-    that an exception that cannot be pickled still reaches the caller.
+    Runs in an encoder process (or thread). An item is a crop or a ``CropSource``,
+    cut here (its image decoded here, once for the chunk's consecutive crops of it);
+    one that cannot be cut gives its ``CropUnavailable``. A body is the fixed JSON
+    before the image's data URL, the URL, and the fixed JSON after it: base64 needs
+    no JSON escaping, so only the URL is built per crop. Encoding errors travel back
+    as text, so that an exception that cannot be pickled still reaches the caller.
     """
-    from rare_objects.io.images import to_data_url
+    from rare_objects.io.images import CropSource, CropUnavailable, cut_crops, to_data_url
 
+    images = list(images)
+    sources = [i for i, item in enumerate(images) if isinstance(item, CropSource)]
+    for i, cut in zip(sources, cut_crops(images[i] for i in sources)):
+        images[i] = cut
     before, after = body_parts
-    bodies: list[bytes | str] = []
+    bodies: list[bytes | str | Exception] = []
     for image in images:
+        if isinstance(image, CropUnavailable):
+            bodies.append(image)
+            continue
         try:
             bodies.append(before + to_data_url(image).encode("ascii") + after)
         except Exception as exc:  # noqa: BLE001 - recorded for this crop, the others go on
@@ -135,7 +144,8 @@ class OpenAICaptioner:
     each request reuses an open connection and a batching server (vLLM's
     ``max_num_seqs``) sees a full batch. Each crop goes as a base64 JPEG data URL
     in an ``image_url`` content part, encoded ahead of its request by
-    ``encode_processes`` forked worker processes, so that the event loop's
+    ``encode_processes`` forked worker processes (which also decode the image and cut
+    the crop when given a ``CropSource``), so that the event loop's
     thread, whose CPU caps the captions per second, does not take turns with
     the encoders for the GIL.
 
@@ -161,6 +171,8 @@ class OpenAICaptioner:
     """
 
     backend = NAME
+    takes_crop_sources = True
+    """Items may be ``CropSource``: the encoders cut the crops (see :func:`_request_bodies`)."""
 
     def __init__(
         self,
@@ -395,7 +407,9 @@ class OpenAICaptioner:
                 if item is None:
                     return
                 key, encoded = item
-                if isinstance(encoded, str):
+                if isinstance(encoded, Exception):  # the crop could not be cut
+                    answer = encoded
+                elif isinstance(encoded, str):
                     answer = CaptionError(self._redact(f"could not encode the crop: {encoded}"))
                 else:
                     answer = await self._request(session, key, encoded)
@@ -411,8 +425,9 @@ class OpenAICaptioner:
         barrier between groups of crops (a job of many groups would otherwise wait for the
         slowest request of each). ``items`` is read as the requests need it: at most
         2 x ``concurrency`` crops (and one encoder chunk) ahead of their answers, so a job
-        holds that many crops whatever its size, and the next images decode meanwhile.
-        Crops are JPEG-encoded by the encoder processes, ENCODE_CHUNK per hand-over.
+        holds that many crops whatever its size, and the next crops are cut meanwhile.
+        Crops (or ``CropSource`` items, cut there) are JPEG-encoded by the encoder
+        processes, ENCODE_CHUNK per hand-over.
         """
         import asyncio
         import queue
