@@ -30,7 +30,7 @@ def _with_defaults(validator_class):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     default = subschema["default"]
-                    # a copy: the schema is cached (load_schema), so a default must never be shared
+                    # a copy: the parsed schema is cached (_parsed_schema), so no default is shared
                     instance[name] = copy.deepcopy(default)
         yield from validate_properties(validator, properties, instance, schema)
 
