@@ -59,3 +59,44 @@ def test_the_outlier_stage_reads_each_embedded_objects_class(tmp_path):
     assert ids.tolist() == ["o2", "o1", "o9"]  # the valid embeddings, in their order
     assert X.shape == (3, dim) and X.dtype == np.float32 and X[1, 0] == 1.0
     assert classes[:2].tolist() == ["bus", "car"] and pd.isna(classes[2])
+
+
+def test_the_outlier_stage_holds_ids_as_arrow_strings_and_writes_the_same_table(tmp_path):
+    import pyarrow as pa
+
+    from rare_objects.stages.outliers import class_aware_outliers, read_objects
+
+    dim, n = 8, 60
+    rng = np.random.default_rng(3)
+    ids = [f"obj-{i:03d}" for i in rng.permutation(n)]
+    embeddings = pd.DataFrame(
+        {
+            "object_id": ids,
+            "embedding": list(rng.normal(size=(n, dim)).astype(np.float32)),
+            "error": None,
+        }
+    )
+    schemas.write_table(embeddings, schemas.embeddings_schema(dim), tmp_path / "e.parquet")
+    detections = tmp_path / "d.parquet"
+    pd.DataFrame({"object_id": ids[::-1], "class_name": ["car", "bus"] * (n // 2)}).to_parquet(
+        detections
+    )
+    object_ids, X, classes = read_objects([tmp_path / "e.parquet"], [detections])
+    assert (
+        isinstance(object_ids.dtype, pd.ArrowDtype)
+        and object_ids.dtype.pyarrow_dtype == pa.string()
+    )
+    assert object_ids.tolist() == ids
+    settings = {"detectors": ["lof"], "min_samples": 10, "lof": {}}
+    from rare_objects.runtime import config
+
+    settings = config.validate({"outliers": settings})["outliers"]
+    result = class_aware_outliers(X, classes, settings, seed=0)
+    schema = schemas.outliers_schema(["lof"])
+    written = {}
+    for kind, column in {"arrow": object_ids, "objects": np.asarray(ids, dtype=object)}.items():
+        frame = result.copy()
+        frame.insert(0, "object_id", column)
+        schemas.write_table(frame, schema, tmp_path / f"{kind}.parquet")
+        written[kind] = (tmp_path / f"{kind}.parquet").read_bytes()
+    assert written["arrow"] == written["objects"]  # byte for byte: the ids' type leaves no trace

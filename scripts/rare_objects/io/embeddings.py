@@ -155,6 +155,12 @@ def _valid_batches(
             yield kept, vectors
 
 
+def _arrow_string_dtype(arrow_type: pa.DataType):
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.ArrowDtype(arrow_type)
+    return None
+
+
 def _empty_frame(datasets: list[ds.Dataset], columns: list[str]) -> pd.DataFrame:
     return pa.schema([datasets[0].schema.field(c) for c in columns]).empty_table().to_pandas()
 
@@ -196,6 +202,7 @@ def read_embedding_matrix(
     batch_size: int = 65536,
     dim: int | None = None,
     dtype=np.float32,
+    arrow_strings: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Gather the valid embeddings of ``paths`` (in order) into one matrix.
 
@@ -205,6 +212,9 @@ def read_embedding_matrix(
     both is the same object. Files are read in the given order and rows in file
     order; shards stored in float32 or float16 alike. ``dim`` is taken from the
     files' schema; pass it to get a ``(0, dim)`` matrix when ``paths`` is empty.
+    With ``arrow_strings`` the string columns (the ids) stay Arrow strings
+    (``pd.ArrowDtype``): no Python ``str`` object is made for them, less than half the
+    memory of one per row for ids of 35 characters.
     """
     paths = _as_paths(paths)
     columns = list(columns)
@@ -231,7 +241,14 @@ def read_embedding_matrix(
         # too (a writer breaking the contract): drop the unused tail.
         X = X[:filled].copy()
     if columns:
-        frame = pa.concat_tables(pieces).to_pandas() if pieces else _empty_frame(datasets, columns)
+        mapper = _arrow_string_dtype if arrow_strings else None
+        frame = (
+            pa.concat_tables(pieces).to_pandas(types_mapper=mapper)
+            if pieces
+            else _empty_frame(datasets, columns).astype(
+                {c: pd.ArrowDtype(pa.string()) for c in columns} if arrow_strings else {}
+            )
+        )
     else:
         frame = pd.DataFrame(index=pd.RangeIndex(filled))
     return frame.reset_index(drop=True), X

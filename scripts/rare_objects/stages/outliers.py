@@ -22,6 +22,8 @@ they are null when ``lof`` is not among the detectors.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
@@ -41,18 +43,40 @@ OUTLIER_COLUMNS = [
 ]
 
 
-def read_objects(embedding_paths, detection_paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_objects(
+    embedding_paths, detection_paths
+) -> tuple[pd.api.extensions.ExtensionArray, np.ndarray, np.ndarray]:
     """The stage's input: ``(object_ids, X, class_names)``, one row per valid embedding
     (:func:`rare_objects.io.embeddings.read_embedding_matrix`, in its order) with the
-    object's detector class from the detection shards (None where it has none). ``X`` is
-    float16 when the shards store float16 (``embedder.storage``), read as stored."""
-    from rare_objects.io import schemas
+    object's detector class from the detection shards (NaN where it has none). ``X`` is
+    float16 when the shards store float16 (``embedder.storage``), read as stored.
+
+    The ids are held through the whole stage, so they stay Arrow strings (a pandas
+    array of ``pd.ArrowDtype``) and are matched to the detections by pyarrow: no Python
+    ``str`` is made per object (10,000,000 ids of 35 characters are 0.43 GB as Arrow
+    strings, 0.96 GB as objects, and the memory of freed objects is rarely given back).
+    ``class_names`` is an object array holding one string per class name.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from rare_objects.io.embeddings import read_embedding_matrix, stored_dtype_of
 
-    ids, X = read_embedding_matrix(embedding_paths, dtype=stored_dtype_of(embedding_paths))
-    classes = schemas.read_parts(detection_paths, ["object_id", "class_name"])
-    class_names = classes.set_index("object_id")["class_name"].reindex(ids["object_id"])
-    return ids["object_id"].to_numpy(), X, class_names.to_numpy()
+    ids, X = read_embedding_matrix(
+        embedding_paths, dtype=stored_dtype_of(embedding_paths), arrow_strings=True
+    )
+    paths = (
+        [detection_paths] if isinstance(detection_paths, (str, os.PathLike)) else detection_paths
+    )
+    detections = pa.concat_tables(
+        [pq.read_table(p, columns=["object_id", "class_name"]) for p in paths]
+    )
+    object_ids = pd.array(ids.pop("object_id"), dtype=pd.ArrowDtype(pa.string()))
+    found = pc.index_in(pa.array(object_ids), value_set=detections["object_id"])
+    classes = detections["class_name"].take(found).dictionary_encode()
+    class_names = np.asarray(classes.to_pandas(), dtype=object)  # NaN where none
+    return object_ids, X, class_names
 
 
 def check_detectors(detectors) -> list[str]:
