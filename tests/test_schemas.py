@@ -34,6 +34,11 @@ def test_read_parts_is_the_parts_in_order_as_one_table(tmp_path):
     assert list(whole.columns) == schemas.CAPTIONS.names and len(whole) == 3
     one = schemas.read_parts(paths[0], ["object_id"])  # one path, not in a list
     assert one["object_id"].tolist() == ["a", "b"]
+    # the same parts as one Arrow table, equal to the DataFrame
+    arrow = schemas.read_parts_table(paths, ["object_id", "description"])
+    assert arrow.column_names == ["object_id", "description"]
+    pd.testing.assert_frame_equal(arrow.to_pandas(), table)
+    assert schemas.read_parts_table(paths[0], ["object_id"])["object_id"].to_pylist() == ["a", "b"]
 
 
 def test_the_outlier_stage_reads_each_embedded_objects_class(tmp_path):

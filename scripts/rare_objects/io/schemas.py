@@ -279,12 +279,26 @@ def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
 
+def _part_paths(paths) -> list:
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
 def read_parts(paths, columns: list[str] | None = None) -> pd.DataFrame:
     """One table written in parts (the caption partitions, the detection or image shards,
     the rejects of every shard) as one DataFrame: the rows of each of ``paths`` (a path or
     a list of them) in order, with a fresh index; only ``columns`` when given."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
+    return pd.concat(
+        [pd.read_parquet(p, columns=columns) for p in _part_paths(paths)], ignore_index=True
+    )
+
+
+def read_parts_table(paths, columns: list[str] | None = None) -> pa.Table:
+    """:func:`read_parts` as one Arrow table: for a stage that keeps the strings of
+    millions of rows as Arrow data rather than one Python object each."""
+    return pa.concat_tables(
+        [pq.read_table(p, columns=columns) for p in _part_paths(paths)],
+        promote_options="default",
+    )
 
 
 # Ground-truth boxes on the run's images (rare_objects.evaluation.ground_truth), whatever

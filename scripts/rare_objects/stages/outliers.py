@@ -22,8 +22,6 @@ they are null when ``lof`` is not among the detectors.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
@@ -59,19 +57,14 @@ def read_objects(
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
+    from rare_objects.io import schemas
     from rare_objects.io.embeddings import read_embedding_matrix, stored_dtype_of
 
     ids, X = read_embedding_matrix(
         embedding_paths, dtype=stored_dtype_of(embedding_paths), arrow_strings=True
     )
-    paths = (
-        [detection_paths] if isinstance(detection_paths, (str, os.PathLike)) else detection_paths
-    )
-    detections = pa.concat_tables(
-        [pq.read_table(p, columns=["object_id", "class_name"]) for p in paths]
-    )
+    detections = schemas.read_parts_table(detection_paths, ["object_id", "class_name"])
     object_ids = pd.array(ids.pop("object_id"), dtype=pd.ArrowDtype(pa.string()))
     found = pc.index_in(pa.array(object_ids), value_set=detections["object_id"])
     classes = detections["class_name"].take(found).dictionary_encode()
