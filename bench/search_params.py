@@ -9,6 +9,9 @@ default ``AnnParams``; each argument is a set of overrides (``key=value,...``) r
 same rows. Printed per run: time and its ratio to the baseline, recall@k of
 ``--queries`` rows against their exact neighbours, the share of those rows with all k
 found, and the cells' balance (the work of the cell search against cells of equal size).
+With ``--lof``, also the LOF (k neighbours, contamination 0.05) of every row from each
+run's neighbours against the LOF from the exact neighbours of every row (brute force):
+the Jaccard index of the outlier sets and the correlation of the factors.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lof", action="store_true", help="LOF against exact LOF (slow)")
     args = parser.parse_args()
 
     import faiss
@@ -72,13 +76,31 @@ def main() -> None:
     del wide
     truth = [t[t != q][: args.k] for t, q in zip(truth, queries)]
     print(f"{args.rows:,} x {args.dim} {args.dtype}, k = {args.k}, {args.queries} query rows")
+    if args.lof:
+        from rare_objects.backends.outlier_detectors.lof import lof_from_neighbors
+        from rare_objects.neighbors.search import exhaustive_knn
+
+        start = time.perf_counter()
+        exact_factor, exact_flags = lof_from_neighbors(*exhaustive_knn(X, args.k), args.k, 0.05)
+        print(
+            f"exact neighbours of every row: {time.perf_counter() - start:.1f} s; LOF percentiles"
+            f" 50/90/95/99: {np.round(np.percentile(-exact_factor, [50, 90, 95, 99]), 3).tolist()}"
+        )
 
     baseline = None
     for text in ["", *args.runs]:
         params = AnnParams(seed=args.seed, **_overrides(text))
         start = time.perf_counter()
-        _, ind = approximate_knn(X, args.k, params)
+        dist, ind = approximate_knn(X, args.k, params)
         seconds = time.perf_counter() - start
+        agreement = ""
+        if args.lof:
+            factor, flags = lof_from_neighbors(dist, ind, args.k, 0.05)
+            union = np.count_nonzero(flags | exact_flags)
+            agreement = (
+                f", LOF outliers Jaccard {np.count_nonzero(flags & exact_flags) / union:.4f},"
+                f" factor correlation {np.corrcoef(factor, exact_factor)[0, 1]:.4f}"
+            )
         baseline = baseline or seconds
         found = np.array([len(set(t) & set(ind[q])) / args.k for t, q in zip(truth, queries)])
         changed = {
@@ -89,7 +111,7 @@ def main() -> None:
         print(
             f"{changed or 'defaults (baseline)'}: {seconds:.1f} s ({seconds / baseline:.2f}x), "
             f"recall@{args.k} {found.mean():.4f}, all found {np.mean(found == 1):.3f}, "
-            f"cell work {_cell_work(X, params):.2f}x equal cells"
+            f"cell work {_cell_work(X, params):.2f}x equal cells{agreement}"
         )
 
 

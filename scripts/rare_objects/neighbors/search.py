@@ -27,6 +27,9 @@ Per-query IVF scanning (faiss ``IndexIVFFlat.search``) was measured first: on
 2 cores it scans ~10 GFLOP/s (memory bound) and needed ~45 min for 1M x 512
 at recall 0.97; the cell-blocked products run at BLAS speed.
 
+Each row's nearest within its own class can be derived from the same re-ranked candidates
+(``within``, :mod:`rare_objects.neighbors.groups`) instead of a search per class.
+
 With a GPU (``AnnParams.device``, the workflow's ``outliers.device``), the search is
 exact brute force on it with torch instead (:func:`torch_knn`): no faiss build with GPU
 support is needed.
@@ -146,7 +149,7 @@ class _Rows:
         return self.X if self.whole_float32 else self.block(0, self.n)
 
 
-def _search_device(device: str) -> str:
+def search_device(device: str) -> str:
     """The torch device of the search for ``AnnParams.device`` (``cpu``: the faiss search;
     ``auto``, ``cuda``, ``cuda:N``: :func:`rare_objects.runtime.devices.resolve_device`)."""
     if device == "cpu":
@@ -271,16 +274,19 @@ def _cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
 
 
 def _cell_candidates(
-    Z: np.ndarray, cells, n_candidates: int
+    Z: np.ndarray, cells, n_candidates: int, wanted: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(rows, candidates)`` for each non-empty cell: its rows and their
     ``(len(rows), n_candidates)`` nearest rows of the probed cells in the candidate
-    space (-1 where there are fewer)."""
+    space (-1 where there are fewer). ``wanted`` (a mask of the rows): only those rows'
+    candidates, from all rows."""
     import faiss
 
     order, bounds, probes = cells
     for cell in range(len(bounds) - 1):
         rows = order[bounds[cell] : bounds[cell + 1]]
+        if wanted is not None:
+            rows = rows[wanted[rows]]
         if rows.size == 0:
             continue
         cand = np.concatenate([order[bounds[c] : bounds[c + 1]] for c in probes[cell] if c >= 0])
@@ -317,10 +323,15 @@ def _rerank_rows(
     k: int,
     dist: np.ndarray,
     ind: np.ndarray,
+    slots: np.ndarray | None = None,
+    within=None,
 ) -> np.ndarray:
     """Exact k nearest of ``rows`` among their candidates ``cand`` (self and duplicates
-    dropped, ties by row number), written into ``dist`` and ``ind``; returns the rows
-    with fewer than k distinct candidates (left for :func:`_exhaustive`)."""
+    dropped, ties by row number), written into ``dist`` and ``ind`` (at ``slots``, default
+    ``rows``); returns the rows with fewer than k distinct candidates (left for
+    :func:`_exhaustive`). ``within``: also handed the re-ranked candidates, to derive
+    each row's nearest of its own group from them
+    (:class:`rare_objects.neighbors.groups.WithinGroups`)."""
     C = np.sort(cand.astype(np.int64), axis=1)
     invalid = (C < 0) | (C == rows[:, None])
     invalid[:, 1:] |= C[:, 1:] == C[:, :-1]
@@ -331,18 +342,28 @@ def _rerank_rows(
     d2[invalid] = np.inf
     pick = np.argsort(d2, axis=1, kind="stable")[:, :k]
     best = np.take_along_axis(d2, pick, axis=1)
-    dist[rows] = np.sqrt(best)
-    ind[rows] = np.take_along_axis(C, pick, axis=1)
-    return rows[~np.isfinite(best[:, -1])]
+    found = np.take_along_axis(C, pick, axis=1)
+    slots = rows if slots is None else slots
+    dist[slots] = np.sqrt(best)
+    ind[slots] = found
+    complete = np.isfinite(best[:, -1])
+    if within is not None:
+        within.add(rows, C, d2, found, complete)
+    return rows[~complete]
 
 
-def _exhaustive(data: _Rows, rows: np.ndarray, k: int, dist, ind, step: int = 262144) -> None:
-    """The k nearest other rows of ``rows`` against every row (rows whose candidates were
-    too few), ``step`` rows of the base at a time."""
+def _exhaustive_tables(
+    data: _Rows, rows: np.ndarray, k: int, step: int = 262144
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other rows of ``rows`` against every row of ``data``, exactly
+    (float32, ties by row number): ``(len(rows), k)`` tables; ``step`` rows of the base
+    at a time."""
     import faiss
 
+    dist = np.empty((rows.size, k), dtype=np.float32)
+    ind = np.empty((rows.size, k), dtype=index_dtype(data.n))
     if rows.size == 0:
-        return
+        return dist, ind
     queries = data.take(rows)
     found_d, found_i = [], []
     for start in range(0, data.n, step):
@@ -351,11 +372,37 @@ def _exhaustive(data: _Rows, rows: np.ndarray, k: int, dist, ind, step: int = 26
         found_d.append(d2)
         found_i.append(np.where(found >= 0, found + start, -1))
     d2, found = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
-    for r, drow, frow in zip(rows, d2, found):
+    for slot, (r, drow, frow) in enumerate(zip(rows, d2, found)):
         keep = (frow != r) & (frow >= 0)
         order = np.lexsort((frow[keep], drow[keep]))[:k]
-        ind[r] = frow[keep][order]
-        dist[r] = np.sqrt(np.maximum(drow[keep][order], 0.0))
+        ind[slot] = frow[keep][order]
+        dist[slot] = np.sqrt(np.maximum(drow[keep][order], 0.0))
+    return dist, ind
+
+
+def _exhaustive(
+    data: _Rows, rows: np.ndarray, k: int, dist, ind, slots: np.ndarray | None = None
+) -> None:
+    """:func:`exhaustive_knn` of ``rows`` (rows whose candidates were too few), written
+    into ``dist`` and ``ind`` at ``slots`` (default ``rows``)."""
+    if rows.size == 0:
+        return
+    slots = rows if slots is None else slots
+    dist[slots], ind[slots] = _exhaustive_tables(data, rows, k)
+
+
+def exhaustive_knn(
+    X: np.ndarray, k: int, rows: np.ndarray | None = None, queries: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact k nearest other rows of ``queries`` (positions among the searched rows;
+    default all) by brute force against every searched row (``rows`` of ``X``, default
+    all; numbered as in :func:`approximate_knn`): for a few queries among many rows."""
+    X = _as_matrix(X)
+    data = _Rows(X, _as_rows(rows, X.shape[0]))
+    if not 1 <= k < data.n:
+        raise ValueError(f"k must be in [1, n-1] = [1, {data.n - 1}], got {k}")
+    queries = np.arange(data.n) if queries is None else np.asarray(queries, dtype=np.int64)
+    return _exhaustive_tables(data, queries, k)
 
 
 def _rerank(
@@ -462,12 +509,21 @@ def torch_knn(
 
 
 def approximate_knn(
-    X: np.ndarray, k: int, ann: AnnParams | None = None, rows: np.ndarray | None = None
+    X: np.ndarray,
+    k: int,
+    ann: AnnParams | None = None,
+    rows: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
+    within=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The approximate path of :func:`knn` (whatever the size of X).
 
     ``rows``: search among these rows of ``X`` only (e.g. one class), read through the
     index instead of copied; the result's row numbers are then positions in ``rows``.
+    ``queries``: the neighbours of these rows (positions among the searched rows,
+    ascending) only, one result row each; with one partition on the CPU only their cells
+    are searched. ``within``: a :class:`rare_objects.neighbors.groups.WithinGroups`
+    that derives each row's nearest of its own group from its candidates (CPU only).
     """
     X = _as_matrix(X)
     rows = _as_rows(rows, X.shape[0])
@@ -476,28 +532,50 @@ def approximate_knn(
     n = data.n
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}], got {k}")
-    device = _search_device(ann.device)
+    if queries is not None:
+        queries = np.asarray(queries, dtype=np.int64)
+        if queries.size and (queries.min() < 0 or queries.max() >= n):
+            raise ValueError(f"queries must be positions in [0, {n})")
+    device = search_device(ann.device)
     if device.startswith("cuda"):
-        return torch_knn(X, k, device, rows=rows)
+        if within is not None:
+            raise ValueError("the group neighbours are derived on the CPU search only")
+        dist, ind = torch_knn(X, k, device, rows=rows)
+        return (dist, ind) if queries is None else (dist[queries], ind[queries])
     _set_threads(ann.threads)
     n_candidates = max(ann.candidates, k + 1)
     Z = _pca_space(data, ann)
     nlist = min(n, ann.nlist or max(1, int(round(n / ann.cell_size))))
     if ann.partitions > 1:
+        if within is not None:
+            raise ValueError("the group neighbours are derived with one partition only")
         cand, order = _ann_candidates(Z, n_candidates, nlist, ann)
         del Z
-        return _rerank(data, cand, k, ann.rerank_block, order)
+        dist, ind = _rerank(data, cand, k, ann.rerank_block, order)
+        return (dist, ind) if queries is None else (dist[queries], ind[queries])
     # One partition: each cell's rows are re-ranked as soon as their candidates are
     # found (row by row the same result as _rerank, without an n x candidates table).
-    dist = np.empty((n, k), dtype=np.float32)
-    ind = np.empty((n, k), dtype=index_dtype(n))
+    wanted = slot_of = None
+    size = n
+    if queries is not None:
+        wanted = np.zeros(n, dtype=bool)
+        wanted[queries] = True
+        slot_of = np.full(n, -1, dtype=np.int64)
+        slot_of[queries] = np.arange(queries.size)
+        size = queries.size
+    dist = np.empty((size, k), dtype=np.float32)
+    ind = np.empty((size, k), dtype=index_dtype(n))
     short = []
-    for cell_rows, cand in _cell_candidates(Z, _cells(Z, nlist, ann.seed, ann), n_candidates):
+    cells = _cells(Z, nlist, ann.seed, ann)
+    for cell_rows, cand in _cell_candidates(Z, cells, n_candidates, wanted):
         for start in range(0, cell_rows.size, ann.rerank_block):
-            stop = start + ann.rerank_block
-            short.append(_rerank_rows(data, cell_rows[start:stop], cand[start:stop], k, dist, ind))
+            block = cell_rows[start : start + ann.rerank_block]
+            slots = None if slot_of is None else slot_of[block]
+            found = cand[start : start + ann.rerank_block]
+            short.append(_rerank_rows(data, block, found, k, dist, ind, slots, within))
     del Z
-    _exhaustive(data, np.concatenate(short), k, dist, ind)
+    short = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
+    _exhaustive(data, short, k, dist, ind, None if slot_of is None else slot_of[short])
     return dist, ind
 
 
@@ -626,6 +704,7 @@ __all__ = [
     "approximate_knn",
     "available_cores",
     "exact_knn",
+    "exhaustive_knn",
     "index_dtype",
     "iter_similar_pairs",
     "knn",

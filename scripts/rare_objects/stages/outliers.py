@@ -3,7 +3,10 @@
 Each detector of ``outliers.detectors`` (see
 :mod:`rare_objects.backends.outlier_detectors`; default ``[lof]``, the
 original's method) runs once on all rows and once per class with at least
-``min_samples`` rows, as the original runs its LOF. A row is a global outlier
+``min_samples`` rows, as the original runs its LOF. The neighbour-based
+detectors take a big class's neighbours from their search over all rows
+(``outliers.class_search: from_global``, :mod:`rare_objects.neighbors.groups`)
+rather than searching the class again. A row is a global outlier
 when any detector flags it on all rows, a class outlier when any flags it in
 its class; ``outlier_code`` = 1 (global), 2 (class), 3 (both) or 0 and
 ``is_outlier`` their OR.
@@ -119,21 +122,35 @@ def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) 
     global_scores, class_scores = {}, {}
     global_outlier = np.zeros(n, dtype=bool)
     class_outlier = np.zeros(n, dtype=bool)
+    _, inverse, counts = np.unique(names.astype(str), return_inverse=True, return_counts=True)
+    class_rows = [
+        np.flatnonzero(inverse == c)
+        for c, count in enumerate(counts)
+        if count >= outliers["min_samples"]
+    ]
+    del inverse
+    shared = outliers["class_search"] == "from_global"
+    from_global = {}  # detector -> its per-class results from its run on all rows
     for name in detectors:
-        found = outlier_detectors.detect(name, X, settings[name], seed)
+        both = None
+        if shared:
+            both = outlier_detectors.detect_with_classes(name, X, settings[name], seed, class_rows)
+        if both is None:
+            found, from_global[name] = outlier_detectors.detect(name, X, settings[name], seed), {}
+        else:
+            found, per_class = both
+            from_global[name] = {c: d for c, d in enumerate(per_class) if d is not None}
         global_scores[name] = found.score
         global_outlier |= found.is_outlier
         class_scores[name] = np.full(n, np.nan, dtype=np.float32)
     class_combined = np.full(n, np.nan, dtype=np.float32)
-    labels, inverse, counts = np.unique(names.astype(str), return_inverse=True, return_counts=True)
-    for c, count in enumerate(counts):
-        if count < outliers["min_samples"]:
-            continue
-        rows = np.flatnonzero(inverse == c)
+    for c, rows in enumerate(class_rows):
         in_class = []
         for name in detectors:
-            # the class's rows read through their index: no copy of a class of millions
-            found = outlier_detectors.detect(name, X, settings[name], seed, rows=rows)
+            found = from_global[name].pop(c, None)
+            if found is None:
+                # the class's rows read through their index: no copy of a class of millions
+                found = outlier_detectors.detect(name, X, settings[name], seed, rows=rows)
             class_scores[name][rows] = found.score
             class_outlier[rows] |= found.is_outlier
             in_class.append(found.score)

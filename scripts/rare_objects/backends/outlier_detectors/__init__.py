@@ -74,6 +74,12 @@ class Detector:
     """``(X, settings, seed, rows) -> Detection`` (see the module docstring)."""
     check_settings: Callable[[dict], None] | None = None
     """Raises ValueError on a bad value of its resolved settings; None when none can be bad."""
+    detect_with_classes: Callable[..., tuple[Detection, list[Detection | None]] | None] | None = (
+        None
+    )
+    """Optional ``(X, settings, seed, class_rows) -> (overall, per_class) | None``: the
+    detection on all rows and, from the same work, on each class of ``class_rows``
+    (``None`` for a class it leaves to ``detect``); None where it saves nothing."""
 
 
 REGISTRY: Registry[Detector] = Registry("outlier detector", __name__, __path__)
@@ -136,6 +142,31 @@ def detect(
     return result
 
 
+def detect_with_classes(
+    name: str, X: np.ndarray, settings: dict, seed: int, class_rows: list[np.ndarray]
+) -> tuple[Detection, list[Detection | None]] | None:
+    """Detector ``name`` on all rows of ``X`` and on the classes ``class_rows`` (row numbers)
+    from one piece of work where it can share it (the neighbour-based detectors share one
+    neighbour search): ``(overall, per_class)``, ``per_class[i]`` None where class ``i`` is
+    left to :func:`detect`; None when the detector shares nothing (then :func:`detect` runs
+    on each scope). ``X`` as :func:`detect` takes it."""
+    detector = get(name)
+    X = np.asarray(X)
+    if detector.detect_with_classes is None or X.ndim != 2 or X.shape[0] == 0:
+        return None
+    X = np.ascontiguousarray(X, dtype=np.float16 if X.dtype == np.float16 else np.float32)
+    class_rows = [np.asarray(rows, dtype=np.int64) for rows in class_rows]
+    found = detector.detect_with_classes(X, settings, seed, class_rows)
+    if found is None:
+        return None
+    overall, per_class = found
+    sizes = [X.shape[0]] + [rows.size for rows, d in zip(class_rows, per_class) if d is not None]
+    scored = [overall.score.shape[0]] + [d.score.shape[0] for d in per_class if d is not None]
+    if len(per_class) != len(class_rows) or sizes != scored:
+        raise ValueError(f"detector {name} returned results that do not match its rows")
+    return overall, per_class
+
+
 __all__ = [
     "REGISTRY",
     "Detection",
@@ -143,6 +174,7 @@ __all__ = [
     "SHARED_KEYS",
     "check_contamination",
     "detect",
+    "detect_with_classes",
     "get",
     "names",
     "register",

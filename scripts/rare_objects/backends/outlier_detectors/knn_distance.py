@@ -23,6 +23,7 @@ from rare_objects.backends.outlier_detectors import (
     check_contamination,
     register,
 )
+from rare_objects.backends.outlier_detectors._class_neighbours import class_neighbours
 from rare_objects.neighbors.search import AnnParams, knn
 
 
@@ -42,9 +43,39 @@ def detect(X: np.ndarray, settings: dict, seed: int, rows: np.ndarray | None = N
     k = min(settings["n_neighbors"], n - 1)
     ann = AnnParams(seed=seed, device=settings.get("device", "cpu"))
     dist, _ = knn(X, k, settings["exact_max_samples"], ann, rows)
+    return _from_distances(dist, contamination)
+
+
+def _from_distances(dist: np.ndarray, contamination: float) -> Detection:
     score = dist.mean(axis=1, dtype=np.float64).astype(np.float32)
     threshold = np.quantile(score, 1.0 - contamination)
     return Detection(score, score > threshold)
 
 
-register(Detector(name="knn_distance", detect=detect, check_settings=check_settings))
+def detect_with_classes(
+    X: np.ndarray, settings: dict, seed: int, class_rows: list[np.ndarray]
+) -> tuple[Detection, list[Detection | None]] | None:
+    """The score on all rows and, from the same neighbour search, within each class above
+    ``exact_max_samples`` rows (:mod:`rare_objects.neighbors.groups`)."""
+    check_settings(settings)
+    n = X.shape[0]
+    if n < 2:
+        return None
+    found = class_neighbours(X, min(settings["n_neighbors"], n - 1), settings, seed, class_rows)
+    if found is None:
+        return None
+    contamination = float(settings["contamination"])
+    per_class: list[Detection | None] = [None] * len(class_rows)
+    for number in found.derived:
+        per_class[number] = _from_distances(found.class_tables(number)[0], contamination)
+    return _from_distances(found.dist, contamination), per_class
+
+
+register(
+    Detector(
+        name="knn_distance",
+        detect=detect,
+        check_settings=check_settings,
+        detect_with_classes=detect_with_classes,
+    )
+)

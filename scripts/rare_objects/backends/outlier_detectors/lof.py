@@ -32,6 +32,7 @@ from rare_objects.backends.outlier_detectors import (
     check_contamination,
     register,
 )
+from rare_objects.backends.outlier_detectors._class_neighbours import class_neighbours
 from rare_objects.neighbors.search import AnnParams, approximate_knn, rows_float32
 
 MIN_ROWS = 3
@@ -127,4 +128,35 @@ def detect(X: np.ndarray, settings: dict, seed: int, rows: np.ndarray | None = N
     return Detection(-negative_factor, is_outlier)
 
 
-register(Detector(name="lof", detect=detect, check_settings=check_settings))
+def detect_with_classes(
+    X: np.ndarray, settings: dict, seed: int, class_rows: list[np.ndarray]
+) -> tuple[Detection, list[Detection | None]] | None:
+    """LOF on all rows and, from the same neighbour search, within each class above
+    ``exact_max_samples`` rows (:mod:`rare_objects.neighbors.groups`); the classes at most
+    ``exact_max_samples`` are left to :func:`detect` (scikit-learn's LOF itself)."""
+    n = X.shape[0]
+    if n < MIN_ROWS:
+        return None
+    k = min(settings["n_neighbors"], n - 1)
+    found = class_neighbours(X, k, settings, seed, class_rows)
+    if found is None:
+        return None
+    contamination = settings["contamination"]
+    negative_factor, is_outlier = lof_from_neighbors(found.dist, found.ind, k, contamination)
+    per_class: list[Detection | None] = [None] * len(class_rows)
+    for number in found.derived:
+        class_factor, class_outlier = lof_from_neighbors(
+            *found.class_tables(number), k, contamination
+        )
+        per_class[number] = Detection(-class_factor, class_outlier)
+    return Detection(-negative_factor, is_outlier), per_class
+
+
+register(
+    Detector(
+        name="lof",
+        detect=detect,
+        check_settings=check_settings,
+        detect_with_classes=detect_with_classes,
+    )
+)
