@@ -30,6 +30,30 @@ def test_configure_points_every_library_cache_into_the_folder(tmp_path, monkeypa
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_configure_gives_ultralytics_a_local_font_without_importing_matplotlib(
+    tmp_path, monkeypatch
+):
+    import subprocess
+    import sys
+
+    import matplotlib
+
+    monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
+    code = (
+        "import sys; from rare_objects.runtime import offline;"
+        f" offline.configure({str(tmp_path / 'cache')!r});"
+        " print('matplotlib' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(offline.__file__).parents[2])}
+    env.pop("YOLO_CONFIG_DIR", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    font = tmp_path / "cache" / "ultralytics" / "Ultralytics" / "Arial.ttf"
+    expected = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    assert font.read_bytes() == expected.read_bytes()
+
+
 def test_detector_settings_come_from_the_schema_and_the_precision_rule():
     from rare_objects.stages.detection import DetectSettings
 

@@ -6,6 +6,7 @@ matplotlib: several of them read these variables at import time.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -55,16 +56,19 @@ def configure(cache_dir: str | os.PathLike) -> Path:
 
 
 def _provide_ultralytics_font(config_dir: Path) -> None:
-    """ultralytics fetches Arial.ttf from the web when it plots; give it a local TTF."""
+    """ultralytics fetches Arial.ttf from the web when it plots; give it a local TTF.
+
+    matplotlib's DejaVu Sans is found without importing matplotlib (a quarter of a
+    second), because every rule script comes through here, caption jobs included.
+    """
     target = config_dir / "Ultralytics" / "Arial.ttf"
     if target.exists():
         return
-    try:
-        import matplotlib
-
-        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    except ImportError:  # matplotlib absent: ultralytics will only warn when plotting
-        return
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return  # matplotlib absent: ultralytics will only warn when plotting
+    package = Path(next(iter(spec.submodule_search_locations)))
+    source = package / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
