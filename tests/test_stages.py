@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -315,8 +316,9 @@ def test_target_matches_and_selection_reasons():
     assert table.loc[5, "reason"] == "not_a_candidate"
     assert table["needs_vlm"].tolist() == [True, False, True, False, False, False]
     assert table.loc[~table["selected"], "caption_partition"].isna().all()
-    again = selection.caption_partition(table["object_id"], 3)
-    assert (again == selection.caption_partition(table["object_id"], 3)).all()
+    chosen = table["selected"].to_numpy()
+    expected = selection.caption_partition(table["image_path"], 3)[chosen]
+    assert (table.loc[chosen, "caption_partition"].to_numpy() == expected).all()
 
     # The rule reads only the candidates' embeddings, by object id, in file order: the same
     # table; a candidate without an embedding is an error that says so.
@@ -331,6 +333,22 @@ def test_target_matches_and_selection_reasons():
     assert asked == [["o0", "o1", "o2", "o3", "o4"]]  # not o5, no candidate
     with pytest.raises(ValueError, match="1 candidate.*'o3'.*out of step"):
         selection.select_objects(objects, lambda ids: read_some(ids, drop={"o3"}), **settings)
+
+
+def test_caption_partition_keeps_an_image_in_one_job():
+    """Each image goes to one caption job (it is decoded once), by a hash of its path: an
+    object's partition does not depend on the other rows, and the partitions are all used."""
+    paths = pd.Series([f"/data/CAM_FRONT/frame-{i % 50:03d}.jpg" for i in range(500)])
+    part = selection.caption_partition(paths, 4)
+    assert part.dtype == np.int32
+    assert (pd.Series(part).groupby(paths).nunique() == 1).all()
+    assert set(part.tolist()) == {0, 1, 2, 3}
+    assert (selection.caption_partition(paths[::-1], 4) == part[::-1]).all()
+    assert (selection.caption_partition(paths.iloc[:7], 4) == part[:7]).all()
+    digest = hashlib.sha1(b"/data/CAM_FRONT/frame-003.jpg").digest()
+    assert part[3] == int.from_bytes(digest[:4], "little") % 4
+    assert selection.caption_partition(pd.Series([None, paths[3]]), 4).tolist() == [0, part[3]]
+    assert len(selection.caption_partition(pd.Series([], dtype=object), 4)) == 0
 
 
 def test_statistics_and_json_fields(tmp_path):

@@ -25,6 +25,7 @@ def write_caption_workload(
     from PIL import Image
 
     from rare_objects.io import schemas
+    from rare_objects.stages.selection import caption_partition
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -50,7 +51,7 @@ def write_caption_workload(
                     "selected": True,
                     "reason": "outlier",
                     "needs_vlm": True,
-                    "caption_partition": len(rows) % partitions,
+                    "caption_partition": 0,  # set below, as the selection stage does
                     "image_path": str(path),
                     "confidence": 0.9,
                     "x1": float(left),
@@ -60,7 +61,9 @@ def write_caption_workload(
                     "priority": float(-len(rows)),
                 }
             )
+    frame = pd.DataFrame(rows)
+    frame["caption_partition"] = caption_partition(frame["image_path"], partitions)
     tables = root / "results" / "tables"
     tables.mkdir(parents=True)
-    schemas.write_table(pd.DataFrame(rows), schemas.SELECTION, tables / "selection.parquet")
+    schemas.write_table(frame, schemas.SELECTION, tables / "selection.parquet")
     return images, len(rows)

@@ -21,15 +21,25 @@ from rare_objects.stages.diversity import DIVERSITY_ANN, diversity_filter
 from rare_objects.stages.targets import target_matches
 
 
-def caption_partition(object_ids: pd.Series, partitions: int) -> np.ndarray:
-    """Stable partition of each object (a hash of its id, not of its position)."""
-    return np.array(
+def caption_partition(image_paths: pd.Series, partitions: int) -> np.ndarray:
+    """Stable caption partition of each object: a hash of its image's path.
+
+    Keyed by the image, not the object, so that each image is decoded by one caption
+    job only (a job cuts the crops of its own images); keyed by a hash, not a position,
+    so that an object keeps its partition whatever else is selected.
+    """
+    codes, paths = pd.factorize(pd.Series(image_paths, dtype=object), use_na_sentinel=True)
+    per_path = np.array(
         [
-            int.from_bytes(hashlib.sha1(i.encode()).digest()[:4], "little") % partitions
-            for i in object_ids
+            int.from_bytes(hashlib.sha1(str(p).encode()).digest()[:4], "little") % partitions
+            for p in paths
         ],
         dtype=np.int32,
     )
+    if not len(per_path):
+        return np.zeros(len(codes), dtype=np.int32)
+    # a row without a path (nothing to decode) goes to partition 0
+    return np.where(codes < 0, 0, per_path[codes]).astype(np.int32)
 
 
 def candidate_embeddings(embeddings, object_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -109,7 +119,7 @@ def select_objects(
     if "outliers" in vlm_for:
         wants_vlm |= is_outlier
     frame["needs_vlm"] = frame["selected"] & wants_vlm
-    partition = caption_partition(frame["object_id"], partitions)
+    partition = caption_partition(frame["image_path"], partitions)
     frame["caption_partition"] = pd.array(np.where(frame["selected"], partition, 0), dtype="Int32")
     frame.loc[~frame["selected"], "caption_partition"] = pd.NA
     return frame
