@@ -67,6 +67,8 @@ def test_group_neighbours_close_to_a_search_of_each_group(dtype):
     for members in group_rows:
         group_dist, group_ind = within.tables(members, dist, ind)
         check_group_tables(wide, members, group_dist, group_ind, k)
+        # the distances alone (kNN distance reads no ids) are the tables' distances
+        np.testing.assert_array_equal(within.distances(members, dist), group_dist)
         _, truth = exact_knn(wide[members], k)
         _, separate = approximate_knn(X, k, params, rows=members)
         assert recall(group_ind, truth) >= min(0.98, recall(separate, truth) - 0.01)

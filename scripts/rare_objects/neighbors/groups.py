@@ -111,6 +111,22 @@ class GroupNeighbours:
     dist: np.ndarray
     ind: np.ndarray
 
+    def _stored(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of ``members`` (ascending) have neighbours stored here, and where."""
+        pos = np.searchsorted(self.rows, members)
+        hit = pos < self.rows.size
+        hit[hit] = self.rows[pos[hit]] == members[hit]
+        return hit, pos[hit]
+
+    def distances(self, members: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        """One group's neighbour distances alone, ``tables(...)[0]``, from the global
+        ``dist``: for a score that needs no neighbour ids (kNN distance), without the
+        positions' table."""
+        group_dist = dist[members]
+        hit, where = self._stored(members)
+        group_dist[hit] = self.dist[where]
+        return group_dist
+
     def tables(
         self, members: np.ndarray, dist: np.ndarray, ind: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -118,13 +134,10 @@ class GroupNeighbours:
         the global ``dist`` and ``ind``: ``(dist, ind)`` with ``ind`` as positions in
         ``members``, as :func:`rare_objects.neighbors.search.knn` with ``rows=members``
         returns them."""
-        group_dist = dist[members]
+        group_dist = self.distances(members, dist)
         group_ind = ind[members]
-        pos = np.searchsorted(self.rows, members)
-        hit = pos < self.rows.size
-        hit[hit] = self.rows[pos[hit]] == members[hit]
-        group_dist[hit] = self.dist[pos[hit]]
-        group_ind[hit] = self.ind[pos[hit]]
+        hit, where = self._stored(members)
+        group_ind[hit] = self.ind[where]
         local = np.searchsorted(members, group_ind)
         outside = (local >= members.size) | (
             members[np.minimum(local, members.size - 1)] != group_ind

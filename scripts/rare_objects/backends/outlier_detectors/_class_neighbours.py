@@ -25,6 +25,10 @@ class ClassNeighbours:
         """Class ``number``'s tables, row numbers as positions among its rows."""
         return self.within.tables(self.derived[number], self.dist, self.ind)
 
+    def class_distances(self, number: int) -> np.ndarray:
+        """Class ``number``'s neighbour distances alone (``class_tables(number)[0]``)."""
+        return self.within.distances(self.derived[number], self.dist)
+
 
 def class_neighbours(
     X: np.ndarray, k: int, settings: dict, seed: int, class_rows: list[np.ndarray]

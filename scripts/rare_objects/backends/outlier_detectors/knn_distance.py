@@ -67,7 +67,7 @@ def detect_with_classes(
     contamination = float(settings["contamination"])
     per_class: list[Detection | None] = [None] * len(class_rows)
     for number in found.derived:
-        per_class[number] = _from_distances(found.class_tables(number)[0], contamination)
+        per_class[number] = _from_distances(found.class_distances(number), contamination)
     return _from_distances(found.dist, contamination), per_class
 
 
