@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gather.py                                  # 1M, 2M, 5M, 10M x 512
     .venv/bin/python bench/gather.py --sizes 200000 400000 --dim 128  # quick
+    .venv/bin/python bench/gather.py --sizes 5000000 --stages selection    # stand-in flags
 
 For each size, synthetic clustered embeddings (``iter_synthetic_embeddings`` of
 bench/_common.py: object kinds of Zipf-like sizes, planted outliers, near-copies of
@@ -17,7 +18,11 @@ Then, each in its own child process (so each peak RSS is that part alone):
    ``class_aware_outliers`` with the default configuration: LOF, global and per class;
    the table written);
 3. the selection stage as scripts/select_objects.py runs it (the outliers table and the
-   boxes; only the candidates' embeddings read, by id; the diversity filter).
+   boxes; only the candidates' embeddings read, by id; the diversity filter). With
+   ``--stages selection`` alone, the outliers table is a stand-in (the classes, and
+   5.4 % of the objects flagged at random, the share the outliers stage flags on these
+   rows), so that the selection can be measured at sizes where the outliers stage would
+   take hours.
 
 Printed: time and peak RSS per stage and size, the ratio to the baseline of the same
 size, and the growth from the smallest size to each larger one.
@@ -132,6 +137,30 @@ def _outliers(folder: str) -> dict:
     }
 
 
+# The share of objects that the outliers stage flagged on these rows at 1,000,000 (53,983
+# with the default LOF, global and per class): the stand-in flags' share.
+STAND_IN_OUTLIER_SHARE = 0.054
+
+
+def _stand_in_flags(folder: str, seed: int) -> int:
+    """An outliers table for the selection stage where the outliers stage is not run
+    (``--stages selection`` alone: at 5 and 10 million the outliers stage takes hours on
+    2 cores): each object's class from its detection, STAND_IN_OUTLIER_SHARE of them
+    flagged at random (seeded), ``score_global`` higher for the flagged. The selection's
+    work depends on its candidates (targets and outliers), not on which objects are
+    flagged. Returns the objects flagged."""
+
+    from rare_objects.io import schemas
+
+    detections = schemas.read_parts(_paths(folder, "detections"), ["object_id", "class_name"])
+    rng = np.random.default_rng(seed + 2)
+    flagged = rng.random(len(detections)) < STAND_IN_OUTLIER_SHARE
+    detections["is_outlier"] = flagged
+    detections["score_global"] = (rng.normal(1.0, 0.05, len(flagged)) + flagged).astype(np.float32)
+    detections.to_parquet(os.path.join(folder, "outliers.parquet"))
+    return int(flagged.sum())
+
+
 def _selection(folder: str) -> dict:
     """scripts/select_objects.py with the default configuration."""
     import pandas as pd
@@ -194,6 +223,12 @@ def main(argv=None) -> None:
             print(
                 f"  baseline read of the whole matrix ({rows:,} rows, {dtype}): {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB"
             )
+            if "selection" in args.stages and "outliers" not in args.stages:
+                flagged = _stand_in_flags(folder, args.seed)
+                print(
+                    f"  (outliers stage not run: stand-in flags, {flagged:,} objects flagged at"
+                    " random, for the selection stage)"
+                )
             for stage in args.stages:
                 info, seconds, rss = run_isolated(
                     {"outliers": _outliers, "selection": _selection}[stage], folder
