@@ -254,3 +254,21 @@ def test_a_class_is_run_on_its_rows_as_on_their_copy(name, exact_max):
     on_copy = outlier_detectors.detect(name, X[rows], settings, seed=3)
     np.testing.assert_array_equal(on_rows.score, on_copy.score)
     np.testing.assert_array_equal(on_rows.is_outlier, on_copy.is_outlier)
+
+
+def test_classes_of_at_least_groups_the_rows_of_each_big_class():
+    from rare_objects.stages.outliers import classes_of_at_least
+
+    rng = np.random.default_rng(3)
+    pool = np.array(["car", "truck", "bus", "trailer", None, np.nan], dtype=object)
+    names = pool[rng.integers(0, len(pool), 1000)]
+    groups = classes_of_at_least(names, 150)
+    missing = np.flatnonzero(pd.isna(names))
+    expected = [np.flatnonzero(names == c) for c in ("bus", "car", "trailer", "truck")]
+    expected = [rows for rows in [*expected, missing] if rows.size >= 150]
+    assert sorted(map(tuple, groups)) == sorted(map(tuple, expected))
+    assert len(groups) >= 3  # the draw gives about 167 rows per name, 333 missing
+    for rows in groups:
+        assert (np.diff(rows) > 0).all()
+    assert classes_of_at_least(names, 1001) == []
+    assert classes_of_at_least(np.array([], dtype=object), 1) == []

@@ -101,6 +101,22 @@ def _nullable(values: np.ndarray) -> pd.arrays.FloatingArray:
     return column
 
 
+def classes_of_at_least(names: np.ndarray, min_samples: int) -> list[np.ndarray]:
+    """The row numbers (ascending) of each class of ``names`` with at least ``min_samples``
+    rows, classes in the order of their names; rows without a name (None, NaN) are one
+    class of their own.
+
+    Hashed (pandas' factorize), not sorted as strings: at 10,000,000 rows a string copy of
+    the names and its sort would hold over a gigabyte beside the embeddings.
+    """
+    if not len(names):
+        return []
+    codes, _ = pd.factorize(pd.Series(names, dtype=object), sort=True, use_na_sentinel=False)
+    counts = np.bincount(codes)
+    by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(counts)[:-1])
+    return [rows for rows in by_class if rows.size >= min_samples]
+
+
 def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) -> pd.DataFrame:
     """Every detector of ``outliers["detectors"]`` on all rows plus per class with >= ``min_samples`` rows.
 
@@ -122,13 +138,7 @@ def class_aware_outliers(X: np.ndarray, class_names, outliers: dict, seed: int) 
     global_scores, class_scores = {}, {}
     global_outlier = np.zeros(n, dtype=bool)
     class_outlier = np.zeros(n, dtype=bool)
-    _, inverse, counts = np.unique(names.astype(str), return_inverse=True, return_counts=True)
-    class_rows = [
-        np.flatnonzero(inverse == c)
-        for c, count in enumerate(counts)
-        if count >= outliers["min_samples"]
-    ]
-    del inverse
+    class_rows = classes_of_at_least(names, outliers["min_samples"])
     shared = outliers["class_search"] == "from_global"
     from_global = {}  # detector -> its per-class results from its run on all rows
     for name in detectors:
