@@ -100,3 +100,21 @@ def test_auto_is_a_gpu_when_one_is_visible_at_parse_time_and_in_the_job(monkeypa
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         assert devices.resolve_device("auto") == "cpu"  # reserved, but torch has no CUDA
         assert devices.resolve_device("cpu") == "cpu"
+
+
+def test_reading_the_speed_only_keys_imports_no_validator():
+    """A caption job reads the schema for its speed-only keys at start; jsonschema (tens of
+    milliseconds of its start-up) is imported only where a config is validated."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from rare_objects.runtime.speed_settings import speed_only_keys;"
+        " assert speed_only_keys(); print('jsonschema' in sys.modules);"
+        " from rare_objects.runtime.config import defaults; defaults();"
+        " print('jsonschema' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(offline.__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

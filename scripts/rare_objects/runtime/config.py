@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
 
@@ -22,8 +21,16 @@ class ConfigError(ValueError):
     """The configuration has wrong values; the message lists each key."""
 
 
-def _with_defaults(validator_class):
-    validate_properties = validator_class.VALIDATORS["properties"]
+@functools.cache
+def _default_filling_validator():
+    """jsonschema's Draft 2020-12 validator that also fills in each property's default.
+
+    Made on first use: a rule script that only reads the schema (for its speed-only keys)
+    does not import jsonschema, which costs a caption job's start tens of milliseconds.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -34,10 +41,7 @@ def _with_defaults(validator_class):
                     instance[name] = copy.deepcopy(default)
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
-
-
-_DefaultFillingValidator = _with_defaults(Draft202012Validator)
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -85,7 +89,7 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     Raises :class:`ConfigError` listing every problem, one line per key.
     """
     schema = schema if schema is not None else _parsed_schema(str(SCHEMA_PATH))  # only read
-    validator = _DefaultFillingValidator(schema)
+    validator = _default_filling_validator()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
