@@ -307,6 +307,11 @@ def test_mixed_float16_and_float32_shards_are_read_each_as_stored(tmp_path):
     ids, Y = read_embeddings_of(paths, wanted, batch_size=5)
     assert ids.tolist() == wanted and Y.dtype == np.float32
     np.testing.assert_array_equal(Y, X[::3])
+    # in the order asked, a repeated id once, an unknown id left out; float16 as asked
+    asked = wanted[::-1] + [wanted[0], "not-there"]
+    ids, Z = read_embeddings_of(paths, asked, batch_size=7, dtype=np.float16)
+    assert ids.tolist() == wanted[::-1] and Z.dtype == np.float16
+    assert Z.tobytes() == X[::3][::-1].astype(np.float16).tobytes()
 
 
 def test_the_outliers_stage_reads_float16_shards_as_float16(tmp_path):

@@ -152,6 +152,18 @@ def test_similar_pairs_approximate_finds_near_duplicates():
     assert len(found) >= 0.95 * len(truth)
 
 
+def test_similar_pairs_approximate_are_the_same_whatever_the_pairs_step():
+    # the pairs are made from the neighbour tables a few rows at a time (memory only)
+    X = clustered(2000, dim=24, duplicates=200, seed=5)
+    search = dict(exact_max=0, max_neighbors=8, ann=AnnParams(cell_size=100, pca_dims=None))
+    whole = similar_pairs(X, 0.97, **search)
+    assert whole[0].size > 100
+    for step in (1, 37, 1999):
+        chunked = similar_pairs(X, 0.97, pairs_step=step, **search)
+        for a, b in zip(whole, chunked):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_normalised_keeps_unit_input():
     X = clustered(50)
     assert normalised(X) is X

@@ -276,6 +276,18 @@ def test_is_target_is_target_matches_as_one_membership_test():
     assert not is_target(names, {}).any()
 
 
+def test_target_matches_column_is_target_matches_as_arrow_lists():
+    from rare_objects.stages.targets import target_matches, target_matches_column
+
+    targets = {"construction_vehicle": ["truck", "bus"], "trailer": ["truck"], "cow": []}
+    names = pd.Series(["truck", "car", None, "bus", "cow", float("nan"), "truck", ""])
+    column = target_matches_column(names, targets)
+    assert str(column.dtype) == "list<item: string>[pyarrow]"
+    assert column.tolist() == target_matches(names, targets).tolist()
+    assert column.tolist()[:3] == [["construction_vehicle", "trailer"], [], []]
+    assert target_matches_column(pd.Series([], dtype=object), targets).tolist() == []
+
+
 def test_target_matches_and_selection_reasons():
     targets = {
         "construction_vehicle": ["truck", "bus"],

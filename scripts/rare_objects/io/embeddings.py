@@ -258,27 +258,36 @@ def read_embeddings_of(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     object_ids: Iterable[str],
     batch_size: int = 65536,
+    dtype=np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in file order,
-    float32 whether the shards store float32 or float16.
+    """``(ids, X)``: the valid embeddings of ``object_ids`` found in ``paths``, in the order
+    of ``object_ids`` (a repeated id once, an id without a valid embedding left out), as
+    ``dtype`` (float32 or float16) whether the shards store float32 or float16.
 
     Reads the embeddings one block at a time
-    (:func:`rare_objects.io.embeddings.iter_embedding_blocks`) and keeps only the wanted
-    rows, so memory is the wanted vectors plus one block: the stages that need a few of
-    the embeddings (the map, the selection's candidates) hold those, never all of them.
+    (:func:`rare_objects.io.embeddings.iter_embedding_blocks`) and copies the wanted rows
+    straight into their place in ``X``, so memory is the wanted vectors plus one block: the
+    stages that need a few of the embeddings (the map, the selection's candidates) hold
+    those once, never all of them.
     """
     wanted = pd.Index(pd.unique(np.asarray(list(object_ids), dtype=object)))
-    ids: list[np.ndarray] = []
-    blocks: list[np.ndarray] = []
-    for frame, X in iter_embedding_blocks(paths, block_rows=batch_size):
-        batch_ids = frame["object_id"].to_numpy(dtype=object)
-        keep = wanted.get_indexer(batch_ids) >= 0
-        if keep.any():
-            ids.append(batch_ids[keep])
-            blocks.append(X[keep])
-    if not blocks:
-        return np.empty(0, dtype=object), np.empty((0, 0), dtype=np.float32)
-    return np.concatenate(ids), np.concatenate(blocks)
+    X: np.ndarray | None = None
+    found = np.zeros(len(wanted), dtype=bool)
+    for frame, block in iter_embedding_blocks(paths, block_rows=batch_size, dtype=dtype):
+        where = wanted.get_indexer(frame["object_id"].to_numpy(dtype=object))
+        keep = where >= 0
+        if not keep.any():
+            continue
+        if X is None:
+            X = np.empty((len(wanted), block.shape[1]), dtype=block.dtype)
+        X[where[keep]] = block[keep]
+        found[where[keep]] = True
+    if X is None:
+        return np.empty(0, dtype=object), np.empty((0, 0), dtype=_as_dtype(dtype))
+    ids = wanted.to_numpy(dtype=object)
+    if found.all():
+        return ids, X
+    return ids[found], X[found]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

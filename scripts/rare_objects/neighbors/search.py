@@ -634,6 +634,7 @@ def iter_similar_pairs(
     block_size: int = 2048,
     max_neighbors: int = 32,
     ann: AnnParams | None = None,
+    pairs_step: int = 262144,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield chunks ``(i, j, similarity)`` of the pairs ``i < j`` with cosine similarity >= threshold.
 
@@ -642,7 +643,8 @@ def iter_similar_pairs(
     ``max_neighbors`` approximate nearest neighbours (:func:`approximate_knn`),
     kept when similar enough; a row with more near duplicates than that is
     still linked to its ``max_neighbors`` nearest, which for connected
-    components is what matters. Each pair is yielded once.
+    components is what matters. Each pair is yielded once. ``pairs_step``: rows whose
+    neighbours are turned into pairs at once (memory only).
     """
     X = normalised(X)
     n = X.shape[0]
@@ -666,14 +668,19 @@ def iter_similar_pairs(
         return
     k = min(max_neighbors, n - 1)
     dist, ind = approximate_knn(X, k, ann)
-    sim = 1.0 - 0.5 * dist.astype(np.float64) ** 2
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    cols = ind.ravel()
-    sims = sim.ravel()
-    keep = sims >= threshold
-    i = np.minimum(rows[keep], cols[keep])
-    j = np.maximum(rows[keep], cols[keep])
-    s = sims[keep].astype(np.float32)
+    # The similar pairs of `step` rows at a time: the (n, k) temporaries in float64 and
+    # int64 (a gigabyte each at 3,000,000 rows and k = 32) are never made whole.
+    found_i, found_j, found_s = [], [], []
+    for start in range(0, n, pairs_step):
+        sim = 1.0 - 0.5 * dist[start : start + pairs_step].astype(np.float64) ** 2
+        r, c = np.nonzero(sim >= threshold)
+        rows = r + start
+        cols = ind[start : start + pairs_step][r, c].astype(np.int64)
+        found_i.append(np.minimum(rows, cols))
+        found_j.append(np.maximum(rows, cols))
+        found_s.append(sim[r, c].astype(np.float32))
+    del dist, ind
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
     if i.size:
         key = i * n + j
         _, first = np.unique(key, return_index=True)

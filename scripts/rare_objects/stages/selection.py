@@ -18,7 +18,8 @@ import pandas as pd
 
 from rare_objects.neighbors.search import DEFAULT_EXACT_MAX
 from rare_objects.stages.diversity import DIVERSITY_ANN, diversity_filter
-from rare_objects.stages.targets import target_matches
+from rare_objects.stages.targets import is_target as matches_a_target
+from rare_objects.stages.targets import target_matches_column
 
 
 def caption_partition(image_paths: pd.Series, partitions: int) -> np.ndarray:
@@ -47,6 +48,8 @@ def candidate_embeddings(embeddings, object_ids: np.ndarray, positions: np.ndarr
     if not callable(embeddings):
         return np.asarray(embeddings)[positions]
     found_ids, X = embeddings(object_ids)
+    if len(found_ids) == len(object_ids) and (found_ids == object_ids).all():
+        return X  # already in order (as read_embeddings_of gives them): no second copy
     where = pd.Index(found_ids).get_indexer(object_ids)
     if (where < 0).any():
         missing = object_ids[where < 0]
@@ -79,9 +82,9 @@ def select_objects(
     ``seed`` seeds the near-duplicate search above ``exact_max`` rows.
     """
     frame = objects.reset_index(drop=True).copy()
-    frame["target_matches"] = target_matches(frame["class_name"], targets)
-    frame["is_yolo_potential"] = frame["target_matches"].map(bool)
-    is_target = frame["is_yolo_potential"].to_numpy()
+    frame["target_matches"] = target_matches_column(frame["class_name"], targets)
+    is_target = matches_a_target(frame["class_name"], targets)
+    frame["is_yolo_potential"] = is_target
     is_outlier = frame["is_outlier"].to_numpy(dtype=bool)
     if "all" in include:
         candidate = np.ones(len(frame), dtype=bool)

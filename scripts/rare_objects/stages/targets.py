@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 
 def target_classes(targets: dict[str, list[str]]) -> dict[str, set[str]]:
@@ -28,6 +29,19 @@ def target_matches(class_names: pd.Series, targets: dict[str, list[str]]) -> pd.
             if target not in by_class[name]:
                 by_class[name].append(target)
     return class_names.map(lambda c: list(by_class.get(c, [])))
+
+
+def target_matches_column(class_names: pd.Series, targets: dict[str, list[str]]) -> pd.Series:
+    """:func:`target_matches` as an Arrow ``list<string>`` column: one list per class, taken
+    for each row, where :func:`target_matches` makes a Python list per row (about 80 bytes
+    each: 0.8 GB at 10,000,000 rows, against 4 bytes of offsets here). Its values read
+    back as Python lists."""
+    codes, classes = pd.factorize(pd.Series(class_names, dtype=object), use_na_sentinel=True)
+    # one list per class, and an empty one (the last) for a missing class
+    per_class = target_matches(pd.Series(classes, dtype=object), targets).tolist() + [[]]
+    lists = pa.array(per_class, type=pa.list_(pa.string()))
+    taken = lists.take(pa.array(np.where(codes < 0, len(classes), codes)))
+    return pd.Series(pd.arrays.ArrowExtensionArray(taken), index=pd.Series(class_names).index)
 
 
 def is_target(
