@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/export.py                     # 1,000,000 objects in 139 shards
     .venv/bin/python bench/export.py --n 100000          # quick
+    .venv/bin/python bench/export.py --n 1000000 10000000 --in-memory-up-to 1000000
 
 Synthetic gathered tables shaped like a full nuScenes run (bench/_common.py
 style: generated, no pixels): detection shards of 240 images with about 30
@@ -16,7 +17,11 @@ own child process, so each peak-RSS figure is that part alone:
    before it streamed);
 2. :func:`rare_objects.export.export_shards`, one shard at a time.
 
-Both must write byte-identical detection_results.json and target files.
+Both must write byte-identical detection_results.json and target files. With several
+sizes, each is generated and exported in turn, and the growth of the streaming export
+from the smallest size is printed; ``--in-memory-up-to`` skips the in-memory baseline
+above that size (at 10,000,000 objects it would need about 17 GB), so that the growth
+line is then the comparison.
 """
 
 from __future__ import annotations
@@ -202,41 +207,69 @@ def _streaming(root: str, out: str) -> None:
     _export(_inputs(Path(root))[0], root, out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")
+def _run_size(n_asked: int, seed: int, in_memory: bool) -> tuple[int, float, int]:
+    """Generate ``n_asked`` objects, export them (streaming, and in memory when asked);
+    returns the objects, the streaming export's time and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (n, shards), seconds, _ = run_isolated(_generate, str(tmp / "in"), args.n, args.seed)
+        (n, shards), seconds, _ = run_isolated(_generate, str(tmp / "in"), n_asked, seed)
         size = sum(p.stat().st_size for p in (tmp / "in").rglob("*.parquet")) / GIB
         print(
             f"data: {n:,} objects in {shards} detection shards, 5% outliers; parquet {size:.2f} GiB "
             f"(generated in {seconds:.0f} s)"
         )
-        run_isolated(_one_shard, str(tmp / "in"))
-        _, base_s, base_rss = run_isolated(_in_memory, str(tmp / "in"), str(tmp / "memory"))
-        print(
-            f"baseline in-memory export: {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB "
-            f"({base_rss / n:,.0f} bytes per object)"
-        )
+        if in_memory:
+            run_isolated(_one_shard, str(tmp / "in"))
+            _, base_s, base_rss = run_isolated(_in_memory, str(tmp / "in"), str(tmp / "memory"))
+            print(
+                f"baseline in-memory export: {base_s:.1f} s, peak RSS {base_rss / GIB:.2f} GiB "
+                f"({base_rss / n:,.0f} bytes per object)"
+            )
         _, stream_s, stream_rss = run_isolated(_streaming, str(tmp / "in"), str(tmp / "stream"))
         print(
             f"export_shards (streaming): {stream_s:.1f} s, peak RSS {stream_rss / GIB:.2f} GiB "
             f"({stream_rss / n:,.0f} bytes per object)"
         )
-        print(
-            f"ratio streaming / in-memory: time {stream_s / base_s:.2f}, peak RSS {stream_rss / base_rss:.2f}"
-        )
-        names = ["detection_results.json", *(f"{t}_results.json" for t in TARGETS)]
-        same = all(
-            filecmp.cmp(tmp / "memory" / name, tmp / "stream" / name, shallow=False)
-            for name in names
-        )
         results_gib = (tmp / "stream" / "detection_results.json").stat().st_size / GIB
-        print(f"outputs identical: {same} (detection_results.json {results_gib:.2f} GiB)")
+        if in_memory:
+            print(
+                f"ratio streaming / in-memory: time {stream_s / base_s:.2f}, peak RSS {stream_rss / base_rss:.2f}"
+            )
+            names = ["detection_results.json", *(f"{t}_results.json" for t in TARGETS)]
+            same = all(
+                filecmp.cmp(tmp / "memory" / name, tmp / "stream" / name, shallow=False)
+                for name in names
+            )
+            print(f"outputs identical: {same} (detection_results.json {results_gib:.2f} GiB)")
+        else:
+            print(f"(in-memory baseline skipped; detection_results.json {results_gib:.2f} GiB)")
+    return n, stream_s, stream_rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument(
+        "--in-memory-up-to",
+        type=int,
+        default=None,
+        help="run the in-memory baseline only at sizes up to this (default: every size)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")
+    first = None
+    for n_asked in sorted(args.n):
+        in_memory = args.in_memory_up_to is None or n_asked <= args.in_memory_up_to
+        n, seconds, rss = _run_size(n_asked, args.seed, in_memory)
+        if first is None:
+            first = (n, seconds, rss)
+        else:
+            n0, s0, r0 = first
+            print(
+                f"streaming export, x{n / n0:.1f} objects: time x{seconds / s0:.2f},"
+                f" peak RSS x{rss / r0:.2f}"
+            )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
