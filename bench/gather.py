@@ -149,7 +149,6 @@ def _stand_in_flags(folder: str, seed: int) -> int:
     flagged at random (seeded), ``score_global`` higher for the flagged. The selection's
     work depends on its candidates (targets and outliers), not on which objects are
     flagged. Returns the objects flagged."""
-
     from rare_objects.io import schemas
 
     detections = schemas.read_parts(_paths(folder, "detections"), ["object_id", "class_name"])

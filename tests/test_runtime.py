@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rare_objects.runtime import offline
 from rare_objects.runtime.config import defaults
+
+
+def _run_fresh(code: str, **env_changes: str | None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with scripts/ on its path (what a rule job starts
+    with: no module already imported); an environment variable set to None is removed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(offline.__file__).parents[2])}
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def test_cache_folder_follows_config_then_environment_then_results(tmp_path, monkeypatch):
@@ -30,24 +46,15 @@ def test_configure_points_every_library_cache_into_the_folder(tmp_path, monkeypa
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_configure_gives_ultralytics_a_local_font_without_importing_matplotlib(
-    tmp_path, monkeypatch
-):
-    import subprocess
-    import sys
-
+def test_configure_gives_ultralytics_a_local_font_without_importing_matplotlib(tmp_path):
     import matplotlib
 
-    monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
     code = (
         "import sys; from rare_objects.runtime import offline;"
         f" offline.configure({str(tmp_path / 'cache')!r});"
         " print('matplotlib' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(offline.__file__).parents[2])}
-    env.pop("YOLO_CONFIG_DIR", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = _run_fresh(code, YOLO_CONFIG_DIR=None)
     assert done.stdout.strip() == "False"
     font = tmp_path / "cache" / "ultralytics" / "Ultralytics" / "Arial.ttf"
     expected = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -105,16 +112,11 @@ def test_auto_is_a_gpu_when_one_is_visible_at_parse_time_and_in_the_job(monkeypa
 def test_reading_the_speed_only_keys_imports_no_validator():
     """A caption job reads the schema for its speed-only keys at start; jsonschema (tens of
     milliseconds of its start-up) is imported only where a config is validated."""
-    import subprocess
-    import sys
-
     code = (
         "import sys; from rare_objects.runtime.speed_settings import speed_only_keys;"
         " assert speed_only_keys(); print('jsonschema' in sys.modules);"
         " from rare_objects.runtime.config import defaults; defaults();"
         " print('jsonschema' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(offline.__file__).parents[2])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = _run_fresh(code)
     assert done.stdout.split() == ["False", "True"]
