@@ -20,7 +20,7 @@ own child process, so each peak-RSS figure is that part alone:
 Both must write byte-identical detection_results.json and target files. With several
 sizes, each is generated and exported in turn, and the growth of the streaming export
 from the smallest size is printed; ``--in-memory-up-to`` skips the in-memory baseline
-above that size (at 10,000,000 objects it would need about 17 GB), so that the growth
+above that size (at 10,000,000 objects it would need 17 to 25 GB), so that the growth
 line is then the comparison.
 """
 
