@@ -668,7 +668,7 @@ def iter_similar_pairs(
         return
     k = min(max_neighbors, n - 1)
     dist, ind = approximate_knn(X, k, ann)
-    # The similar pairs of `step` rows at a time: the (n, k) temporaries in float64 and
+    # The similar pairs of `pairs_step` rows at a time: the (n, k) temporaries in float64 and
     # int64 (a gigabyte each at 3,000,000 rows and k = 32) are never made whole.
     found_i, found_j, found_s = [], [], []
     for start in range(0, n, pairs_step):
