@@ -391,6 +391,50 @@ def test_crop_cuts_exactly_the_crop_box():
         assert (np.asarray(piece) == pixels[top:bottom, left:right]).all()
 
 
+@pytest.mark.parametrize(
+    "size, padded",
+    [((320, 1), (320, 2)), ((1, 320), (2, 320)), ((201, 1), (201, 2)), ((4001, 3), (4001, 21))],
+)
+def test_pad_to_aspect_ratio_grows_only_the_short_side_and_centres_the_pixels(size, padded):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = images.pad_to_aspect_ratio(Image.fromarray(pixels), 200)
+    assert out.size == padded and max(padded) / min(padded) <= 200
+    array = np.asarray(out)
+    top, left = (padded[1] - size[1]) // 2, (padded[0] - size[0]) // 2
+    assert (array[top : top + size[1], left : left + size[0]] == pixels).all()
+    outside = np.ones(array.shape[:2], dtype=bool)
+    outside[top : top + size[1], left : left + size[0]] = False
+    assert (array[outside] == images.BACKGROUND).all()
+
+
+def test_pad_to_aspect_ratio_keeps_an_image_within_the_ratio_as_it_is():
+    for size in [(200, 1), (1, 1), (70, 50), (3, 600)]:
+        image = Image.new("RGB", size)
+        assert images.pad_to_aspect_ratio(image, 200) is image
+    grey = images.pad_to_aspect_ratio(Image.new("L", (500, 1), 255), 200)
+    assert grey.mode == "L" and grey.size == (500, 3)
+
+
+def test_a_degenerate_box_gives_a_vlm_crop_within_the_vlm_ratio(tmp_path):
+    """A detector's zero-height box is a 1-pixel-high crop: 320:1, which Qwen2-VL refuses."""
+    pixels = np.random.default_rng(2).integers(0, 256, (384, 640, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    box = (320.0, 384.0, 640.0, 384.0)
+    assert images.crop(image, box).size == (320, 1)
+    piece = images.vlm_crop(image, box)
+    assert piece.size == (320, 2)
+    assert (np.asarray(piece)[0] == pixels[383, 320:640]).all()
+    path = tmp_path / "frame.png"
+    image.save(path)
+    (cut,) = images.cut_crops([images.CropSource(str(path), box)])
+    assert (np.asarray(cut) == np.asarray(piece)).all()
+    ordinary = (3.2, 4.8, 20.1, 30.0)
+    assert (
+        np.asarray(images.vlm_crop(image, ordinary)) == np.asarray(images.crop(image, ordinary))
+    ).all()
+
+
 def test_cut_crops_equals_crop_decodes_each_run_once_and_records_what_failed(tmp_path):
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)

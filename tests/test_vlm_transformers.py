@@ -238,3 +238,35 @@ def test_caption_objects_with_the_tiny_model(captioner, tmp_path):
     assert set(vlm["backend"]) == {"transformers"} and set(vlm["model"]) == {captioner.model_name}
     assert out.loc[1, "description"] == "A car detected by YOLO with confidence 0.80."
     assert not all_failed(out)
+
+
+def test_a_degenerate_box_is_captioned_not_refused(captioner, tmp_path):
+    """Qwen2-VL's processor refuses a 320:1 image; the zero-height box of a detector (an
+    open-vocabulary one with random weights gave such boxes) is padded and captioned."""
+    import pandas as pd
+
+    from rare_objects.stages.captions import caption_objects
+
+    path = tmp_path / "frame.jpg"
+    pixels = np.random.default_rng(4).integers(0, 256, (384, 640, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    flat = Image.fromarray(pixels[:1, 320:640])
+    assert max(flat.size) / min(flat.size) > 200
+    with pytest.raises(ValueError, match="aspect ratio"):
+        captioner._generate([flat])  # the refusal the padding avoids
+    objects = pd.DataFrame(
+        {
+            "object_id": ["flat", "tall", "ordinary"],
+            "image_path": [str(path)] * 3,
+            "x1": [320.0, 100.0, 10.0],
+            "y1": [384.0, 0.0, 20.0],
+            "x2": [640.0, 100.0, 90.0],
+            "y2": [384.0, 384.0, 80.0],
+            "class_name": ["truck", "car", "bicycle"],
+            "confidence": [0.5, 0.6, 0.7],
+            "needs_vlm": [True, True, True],
+        }
+    )
+    out = caption_objects(objects, captioner, batch_size=2)
+    assert out["error"].isna().all(), out["error"].tolist()
+    assert all(isinstance(t, str) and t for t in out["description"])

@@ -35,6 +35,11 @@ DEFAULT_MIN_SIDE = 8
 BACKGROUND = (255, 255, 255)
 """Colour that transparent pixels are composited onto (white, as a viewer shows them)."""
 
+VLM_MAX_ASPECT_RATIO = 200
+"""Longest side over shortest that a crop sent to a VLM may have. Qwen2-VL's processor
+(local, or behind a server) refuses an image past 200:1, and a degenerate box (a
+detector's zero-height box becomes a 1-pixel-high crop) gives one."""
+
 REASONS: dict[str, str] = {
     "missing": "the file does not exist",
     "unreadable": "the file exists but cannot be read (permissions, I/O error, not a regular file)",
@@ -346,6 +351,31 @@ def crop(image: Image.Image, bbox) -> Image.Image:
     return image.crop(crop_box(bbox, *image.size))
 
 
+def pad_to_aspect_ratio(
+    image: Image.Image, max_ratio: float, fill: tuple[int, int, int] = BACKGROUND
+) -> Image.Image:
+    """``image`` centred on a ``fill`` canvas whose sides differ at most ``max_ratio`` times.
+
+    Only the short side grows, to ``ceil(long side / max_ratio)``; an image within
+    the ratio comes back as the same object, so ordinary crops are untouched.
+    """
+    width, height = image.size
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side <= max_ratio * short_side:
+        return image
+    short_side = math.ceil(long_side / max_ratio)
+    size = (width, short_side) if width >= height else (short_side, height)
+    canvas = Image.new(image.mode, size, fill if image.mode == "RGB" else 0)
+    canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+    return canvas
+
+
+def vlm_crop(image: Image.Image, bbox) -> Image.Image:
+    """The crop of ``bbox`` as a VLM is given it: :func:`crop`, padded to
+    :data:`VLM_MAX_ASPECT_RATIO` where the box is degenerate."""
+    return pad_to_aspect_ratio(crop(image, bbox), VLM_MAX_ASPECT_RATIO)
+
+
 def describe_error(exc: BaseException) -> str:
     """``"Type: message"`` of an exception for a table's error column (the message alone
     when it already starts with the type's name, the name alone when it has none)."""
@@ -386,7 +416,8 @@ class CropSource:
 
 
 def cut_crops(sources: Iterable[CropSource]) -> list[Image.Image | CropUnavailable]:
-    """The crop of each source, in order, or the :class:`CropUnavailable` that says why not.
+    """The crop of each source as a VLM is given it (:func:`vlm_crop`), in order, or the
+    :class:`CropUnavailable` that says why not.
 
     An image is decoded once for a run of consecutive sources with the same path
     (and opener), and only that one image is held at a time.
@@ -410,7 +441,7 @@ def cut_crops(sources: Iterable[CropSource]) -> list[Image.Image | CropUnavailab
                 crops.append(CropUnavailable.unreadable(image))
                 continue
             try:
-                crops.append(crop(image, tuple(source.box)))
+                crops.append(vlm_crop(image, tuple(source.box)))
             except Exception as exc:  # noqa: BLE001 - this crop records it, the others go on
                 _drop_tracebacks(exc)
                 crops.append(CropUnavailable.uncut(exc))

@@ -213,7 +213,7 @@ def caption_objects(
             try:
                 for i in members:
                     try:
-                        crop = imgs.crop(image, tuple(boxes[i]))
+                        crop = imgs.vlm_crop(image, tuple(boxes[i]))
                     except Exception as exc:  # noqa: BLE001
                         vlm_row(i, error=str(imgs.CropUnavailable.uncut(exc)))
                         progress(1)
