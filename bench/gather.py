@@ -82,6 +82,7 @@ def _write(folder: str, n: int, dim: int, storage: str, shard_rows: int, seed: i
             {
                 "object_id": ids,
                 "class_name": np.array(CLASSES, dtype=object)[classes],
+                "image_id": [f"{i // 8:016x}" for i in range(start, stop)],
                 "image_path": [f"/data/samples/{i // 8:09d}.jpg" for i in range(start, stop)],
                 "confidence": rng.uniform(0.25, 1.0, m).astype(np.float32),
                 "x1": np.zeros(m, np.float32),
@@ -171,7 +172,7 @@ def _selection(folder: str) -> dict:
 
     config = defaults()
     embeddings = _paths(folder, "embeddings")
-    columns = ["object_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
+    columns = ["object_id", "image_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
     boxes = schemas.read_parts(_paths(folder, "detections"), columns)
     flags = pd.read_parquet(
         os.path.join(folder, "outliers.parquet"),

@@ -10,7 +10,7 @@ from rare_objects.io import schemas  # noqa: E402
 from rare_objects.io.embeddings import read_embeddings_of  # noqa: E402
 from rare_objects.stages.selection import select_objects  # noqa: E402
 
-columns = ["object_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
+columns = ["object_id", "image_id", "image_path", "confidence", "x1", "y1", "x2", "y2"]
 boxes = schemas.read_parts(snakemake.input.detections, columns)
 flags = pd.read_parquet(
     snakemake.input.outliers, columns=["object_id", "class_name", "is_outlier", "score_global"]

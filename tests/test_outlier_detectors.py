@@ -276,6 +276,7 @@ def test_selection_order_is_the_lof_order_for_the_default_config():
             "class_name": "car",
             "is_outlier": True,  # every object a candidate: the ranking decides
             "score_global": frame["score_global"],
+            "image_id": [f"{i // 4:03d}" for i in range(400)],
             "image_path": [f"/images/{i // 4:03d}.jpg" for i in range(400)],
         }
     )

@@ -286,6 +286,9 @@ def test_target_matches_column_is_target_matches_as_arrow_lists():
     assert column.tolist() == target_matches(names, targets).tolist()
     assert column.tolist()[:3] == [["construction_vehicle", "trailer"], [], []]
     assert target_matches_column(pd.Series([], dtype=object), targets).tolist() == []
+    for dtype in ("str", "category", "string[pyarrow]"):  # as the tables are read back
+        typed = target_matches_column(names.astype(dtype), targets).tolist()
+        assert typed == target_matches(names, targets).tolist(), dtype
 
 
 def test_target_matches_and_selection_reasons():
@@ -300,6 +303,7 @@ def test_target_matches_and_selection_reasons():
             "class_name": ["truck", "car", "bicycle", "car", "car", "person"],
             "is_outlier": [False, True, False, True, True, False],
             "score_global": [1.0, 3.0, 1.1, 2.0, 2.5, 1.0],
+            "image_id": ["i0", "i0", "i1", "i2", "i2", "i3"],
             "image_path": ["x.jpg"] * 6,
             "confidence": [0.9] * 6,
             "x1": [0.0] * 6,
@@ -329,8 +333,12 @@ def test_target_matches_and_selection_reasons():
     assert table["needs_vlm"].tolist() == [True, False, True, False, False, False]
     assert table.loc[~table["selected"], "caption_partition"].isna().all()
     chosen = table["selected"].to_numpy()
-    expected = selection.caption_partition(table["image_path"], 3)[chosen]
+    expected = selection.caption_partition(objects["image_id"], 3)[chosen]
     assert (table.loc[chosen, "caption_partition"].to_numpy() == expected).all()
+    # the same images under another root (another machine, another mount): the same jobs
+    moved = objects.assign(image_path="/elsewhere/x.jpg")
+    again = selection.select_objects(moved, matrix, **settings)
+    assert again["caption_partition"].equals(table["caption_partition"])
 
     # The rule reads only the candidates' embeddings, by object id, in file order: the same
     # table; a candidate without an embedding is an error that says so.
@@ -348,19 +356,21 @@ def test_target_matches_and_selection_reasons():
 
 
 def test_caption_partition_keeps_an_image_in_one_job():
-    """Each image goes to one caption job (it is decoded once), by a hash of its path: an
+    """Each image goes to one caption job (it is decoded once), by a hash of its id: an
     object's partition does not depend on the other rows, and the partitions are all used."""
-    paths = pd.Series([f"/data/CAM_FRONT/frame-{i % 50:03d}.jpg" for i in range(500)])
-    part = selection.caption_partition(paths, 4)
+    ids = pd.Series([sources.image_id_for(f"CAM_FRONT/frame-{i % 50:03d}.jpg") for i in range(500)])
+    part = selection.caption_partition(ids, 4)
     assert part.dtype == np.int32
-    assert (pd.Series(part).groupby(paths).nunique() == 1).all()
+    assert (pd.Series(part).groupby(ids).nunique() == 1).all()
     assert set(part.tolist()) == {0, 1, 2, 3}
-    assert (selection.caption_partition(paths[::-1], 4) == part[::-1]).all()
-    assert (selection.caption_partition(paths.iloc[:7], 4) == part[:7]).all()
-    digest = hashlib.sha1(b"/data/CAM_FRONT/frame-003.jpg").digest()
+    assert (selection.caption_partition(ids[::-1], 4) == part[::-1]).all()
+    assert (selection.caption_partition(ids.iloc[:7], 4) == part[:7]).all()
+    digest = hashlib.sha1(sources.image_id_for("CAM_FRONT/frame-003.jpg").encode()).digest()
     assert part[3] == int.from_bytes(digest[:4], "little") % 4
-    assert selection.caption_partition(pd.Series([None, paths[3]]), 4).tolist() == [0, part[3]]
+    assert selection.caption_partition(pd.Series([None, ids[3]]), 4).tolist() == [0, part[3]]
     assert len(selection.caption_partition(pd.Series([], dtype=object), 4)) == 0
+    for dtype in ("str", "category"):  # as the detections are read back
+        assert (selection.caption_partition(ids.astype(dtype), 4) == part).all()
 
 
 def test_statistics_and_json_fields(tmp_path):

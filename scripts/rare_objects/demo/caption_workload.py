@@ -25,6 +25,7 @@ def write_caption_workload(
     from PIL import Image
 
     from rare_objects.io import schemas
+    from rare_objects.io.sources import image_id_for
     from rare_objects.stages.selection import caption_partition
 
     root = Path(root)
@@ -62,7 +63,10 @@ def write_caption_workload(
                 }
             )
     frame = pd.DataFrame(rows)
-    frame["caption_partition"] = caption_partition(frame["image_path"], partitions)
+    image_ids = frame["image_path"].map(
+        lambda p: image_id_for(Path(p).relative_to(images).as_posix())
+    )
+    frame["caption_partition"] = caption_partition(image_ids, partitions)
     tables = root / "results" / "tables"
     tables.mkdir(parents=True)
     schemas.write_table(frame, schemas.SELECTION, tables / "selection.parquet")

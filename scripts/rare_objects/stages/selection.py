@@ -22,25 +22,29 @@ from rare_objects.stages.targets import is_target as matches_a_target
 from rare_objects.stages.targets import target_matches_column
 
 
-def caption_partition(image_paths: pd.Series, partitions: int) -> np.ndarray:
-    """Stable caption partition of each object: a hash of its image's path.
+def caption_partition(image_ids: pd.Series, partitions: int) -> np.ndarray:
+    """Stable caption partition of each object: a hash of its image's id.
 
     Keyed by the image, not the object, so that each image is decoded by one caption
     job only (a job cuts the crops of its own images); keyed by a hash, not a position,
-    so that an object keeps its partition whatever else is selected.
+    so that an object keeps its partition whatever else is selected; keyed by the id (a
+    hash of the path relative to the input root), not the absolute path, so that the
+    same data gives the same caption jobs wherever it lies (another machine, another
+    mount point, a test's temporary folder).
     """
-    codes, paths = pd.factorize(pd.Series(image_paths, dtype=object), use_na_sentinel=True)
-    per_path = np.array(
+    # factorized as they are: an object copy would make a Python str per row
+    codes, keys = pd.factorize(pd.Series(image_ids), use_na_sentinel=True)
+    per_image = np.array(
         [
-            int.from_bytes(hashlib.sha1(str(p).encode()).digest()[:4], "little") % partitions
-            for p in paths
+            int.from_bytes(hashlib.sha1(str(key).encode()).digest()[:4], "little") % partitions
+            for key in keys
         ],
         dtype=np.int32,
     )
-    if not len(per_path):
+    if not len(per_image):
         return np.zeros(len(codes), dtype=np.int32)
-    # a row without a path (nothing to decode) goes to partition 0
-    return np.where(codes < 0, 0, per_path[codes]).astype(np.int32)
+    # a row without an image (nothing to decode) goes to partition 0
+    return np.where(codes < 0, 0, per_image[codes]).astype(np.int32)
 
 
 def candidate_embeddings(embeddings, object_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -74,8 +78,8 @@ def select_objects(
 ) -> pd.DataFrame:
     """The selection table (schemas.SELECTION) for ``objects``.
 
-    ``objects`` has object_id, class_name, is_outlier, score_global, image_path,
-    confidence and the box. ``embeddings``: their embedding matrix (in the row order of
+    ``objects`` has object_id, class_name, is_outlier, score_global, image_id (which
+    keys the caption partitions), image_path, confidence and the box. ``embeddings``: their embedding matrix (in the row order of
     ``objects``), or a function that reads the embeddings of the object ids it is given,
     ``ids -> (ids, X)`` in any order (as :func:`rare_objects.io.embeddings.read_embeddings_of`):
     only the candidates' are needed, a few percent of the objects at nuScenes scale.
@@ -122,7 +126,7 @@ def select_objects(
     if "outliers" in vlm_for:
         wants_vlm |= is_outlier
     frame["needs_vlm"] = frame["selected"] & wants_vlm
-    partition = caption_partition(frame["image_path"], partitions)
+    partition = caption_partition(frame["image_id"], partitions)
     frame["caption_partition"] = pd.array(np.where(frame["selected"], partition, 0), dtype="Int32")
     frame.loc[~frame["selected"], "caption_partition"] = pd.NA
     return frame
