@@ -36,7 +36,9 @@ def target_matches_column(class_names: pd.Series, targets: dict[str, list[str]])
     for each row, where :func:`target_matches` makes a Python list per row (about 80 bytes
     each: 0.8 GB at 10,000,000 rows, against 4 bytes of offsets here). Its values read
     back as Python lists."""
-    codes, classes = pd.factorize(pd.Series(class_names, dtype=object), use_na_sentinel=True)
+    # factorized as they are: an object copy would make a Python str per row (about 1 GB
+    # at 10,000,000 rows); only the distinct classes become Python objects
+    codes, classes = pd.factorize(pd.Series(class_names), use_na_sentinel=True)
     # one list per class, and an empty one (the last) for a missing class
     per_class = target_matches(pd.Series(classes, dtype=object), targets).tolist() + [[]]
     lists = pa.array(per_class, type=pa.list_(pa.string()))
