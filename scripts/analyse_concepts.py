@@ -9,7 +9,7 @@ from rare_objects.io import schemas  # noqa: E402
 from rare_objects.stages.concepts import analyse_captions  # noqa: E402
 
 settings = snakemake.params.concepts
-captions = schemas.read_parts(snakemake.input.captions)
+captions = schemas.read_parts(snakemake.input.captions, ["object_id", "description"])
 # concepts.text_encoder picks the encoder: the embedder's text tower (embedder, clip), the
 # bundled MiniLM (minilm) or a sentence-transformers folder
 chosen = text_encoders.choose(settings["text_encoder"])
@@ -22,7 +22,7 @@ log.info(
 result = analyse_captions(
     captions["description"], settings["list"], settings["common_classes"], encoder
 )
-result.insert(0, "object_id", captions["object_id"].to_numpy())
+result.insert(0, "object_id", captions["object_id"].array)  # as read: no Python str per row
 schemas.write_table(
     result,
     schemas.CONCEPTS,

@@ -151,3 +151,61 @@ def test_templates_and_edge_cases():
     assert out.isna().all().all() and len(out) == 3
     with pytest.raises(ValueError):
         analyse_captions(["x"], [], [], NeverCalled())
+
+
+class HashEncoder:
+    """A deterministic vector per text (seeded by its bytes), recording each call's size."""
+
+    def __init__(self, dim: int = 8):
+        self.dim, self.sizes = dim, []
+
+    def encode(self, texts):
+        self.sizes.append(len(texts))
+        rows = [np.random.default_rng(list(t.encode())).standard_normal(self.dim) for t in texts]
+        v = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_many_captions_are_encoded_in_blocks_with_the_answer_of_one_text_at_a_time():
+    from rare_objects.stages.concepts import ENCODE_BLOCK
+
+    concepts = ["car", "truck", "bicycle", "traffic_cone", "dog"]
+    distinct = [f"caption number {i}" for i in range(2 * ENCODE_BLOCK + 88)]
+    rng = np.random.default_rng(0)
+    captions = pd.Series(
+        [distinct[i] for i in rng.integers(0, len(distinct), 3000)] + distinct, dtype="str"
+    )
+    captions[[5, 17]] = None
+    captions[40] = "   "
+    encoder = HashEncoder()
+    out = analyse_captions(captions, concepts, ["car", "truck"], encoder)
+    assert encoder.sizes == [len(concepts), ENCODE_BLOCK, ENCODE_BLOCK, 88]
+
+    single = HashEncoder()
+    concept_emb = single.encode([concept_text(c) for c in concepts])
+    for i in [0, 1, 2, 3, 100, 2999, len(captions) - 1]:
+        sims = (single.encode([captions[i]]) @ concept_emb.T)[0]
+        order = np.argsort(-sims, kind="stable")
+        assert out.loc[i, "concepts"] == [concepts[j] for j in order]
+        assert out.loc[i, "probabilities"] == pytest.approx(
+            similarity_to_probabilities(sims)[order].tolist(), abs=1e-6
+        )
+        assert out.loc[i, "top_concept"] == concepts[order[0]]
+        assert out.loc[i, "is_final_outlier"] is (concepts[order[0]] not in ("car", "truck"))
+    for i in (5, 17, 40):
+        assert out.loc[i].isna().all()
+
+
+def _values(column: pd.Series) -> list:
+    return [None if pd.isna(v) else v for v in column]
+
+
+def test_captions_of_every_kind_of_column():
+    enc = FixedEncoder({"a photo of a car": [1, 0], "red car": [1, 0.1], "a dog": [0, 1]})
+    values = ["red car", None, " red car ", 3, float("nan"), "", "a dog"]
+    out = analyse_captions(pd.Series(values, dtype=object), ["car"], ["car"], enc)
+    assert _values(out["top_concept"])[:3] == ["car", None, "car"]
+    assert out.loc[[1, 3, 4, 5]].isna().all().all()  # null, a number, NaN, empty
+    as_str = analyse_captions(pd.Series(values[:3] + values[4:], dtype="str"), ["car"], [], enc)
+    assert _values(as_str["top_concept"]) == ["car", None, "car", None, None, "car"]
+    assert _values(as_str["is_final_outlier"]) == [True, None, True, None, None, True]

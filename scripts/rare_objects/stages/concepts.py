@@ -15,12 +15,12 @@ model, the bundled MiniLM or a folder, works too).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rare_objects.io.embeddings import l2_normalise
 
@@ -45,14 +45,6 @@ def concept_text(concept: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
     return template.format(concept=concept.replace("_", " "))
 
 
-def _is_missing(value) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return not isinstance(value, str) or not value.strip()
-
-
 def similarity_to_probabilities(similarities: np.ndarray) -> np.ndarray:
     """Cosine similarities -> "probabilities": negatives clipped to 0, then divided by their sum.
 
@@ -63,6 +55,32 @@ def similarity_to_probabilities(similarities: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         probs = np.where(total > 0, clipped / np.where(total > 0, total, 1.0), 0.0)
     return probs.astype(np.float32)
+
+
+# Distinct texts encoded at once. A fixed number, not a setting: a text's embedding may
+# differ in its last bits with the batch it is encoded in, and a speed knob must not
+# change results. One forward pass of every caption (as before) needs the activations of
+# all of them at once: a CLIP text tower holds n x 77 x width floats per layer, terabytes
+# at 3,000,000 captions; 256 keep them to tens of megabytes.
+ENCODE_BLOCK = 256
+
+
+def _text_codes(captions: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """``(codes, texts)``: each caption's position among the distinct stripped texts (-1 for a
+    null, empty or non-text caption), and those texts in order of first appearance."""
+    if captions.dtype == object:  # a value that is not text counts as no caption
+        is_text = captions.map(lambda v: isinstance(v, str), na_action="ignore")
+        captions = captions.where(is_text.fillna(False).astype(bool))
+    stripped = captions.astype("str").str.strip()
+    stripped = stripped.where(stripped.str.len() > 0)
+    codes, texts = pd.factorize(stripped, use_na_sentinel=True)
+    return codes, [str(t) for t in texts]
+
+
+def _arrow_column(per_text: pa.Array, codes: np.ndarray, index: pd.Index) -> pd.Series:
+    """The value of each caption's text (null for a caption without one), as an Arrow column."""
+    taken = per_text.take(pa.array(codes, mask=codes < 0))
+    return pd.Series(pd.arrays.ArrowExtensionArray(taken), index=index)
 
 
 def analyse_captions(
@@ -81,43 +99,47 @@ def analyse_captions(
     ``common_classes``; ``is_final_outlier``: its negation (the original's
     "Final outlier (Top concept not common)"). Null or empty captions give
     nulls in every column.
+
+    Each distinct text is encoded once, :data:`ENCODE_BLOCK` at a time, and the columns
+    are Arrow arrays taken per row from one value per distinct text: memory is the
+    distinct texts' orderings (a few bytes per concept), not a Python list per caption.
     """
     concepts = [str(c) for c in concepts]
     if not concepts:
         raise ValueError("the concept list is empty")
     common = set(common_classes)
-    index = captions.index if isinstance(captions, pd.Series) else pd.RangeIndex(len(captions))
-    values = list(captions)
-
-    valid = [i for i, v in enumerate(values) if not _is_missing(v)]
-    unique = list(dict.fromkeys(values[i].strip() for i in valid))  # embed each distinct text once
-    out = pd.DataFrame({c: pd.Series([None] * len(values), dtype=object) for c in OUTPUT_COLUMNS})
-    if unique:
+    if isinstance(captions, pd.Series):
+        index, series = captions.index, captions.reset_index(drop=True)
+    else:
+        series = pd.Series(list(captions), dtype=object)
+        index = pd.RangeIndex(len(series))
+    codes, texts = _text_codes(series)
+    n_concepts = len(concepts)
+    order = np.zeros((len(texts), n_concepts), dtype=np.int32)
+    sorted_probs = np.zeros((len(texts), n_concepts), dtype=np.float32)
+    if texts:
         concept_emb = l2_normalise(
             encoder.encode([concept_text(c, prompt_template) for c in concepts])
         )
-        text_emb = l2_normalise(encoder.encode(unique))
-        sims = text_emb @ concept_emb.T  # (n_unique, n_concepts)
-        probs = similarity_to_probabilities(sims)
-        # stable descending sort by similarity: ties keep the concept order
-        order = np.argsort(-sims, axis=1, kind="stable")
-        per_text = {}
-        for k, text in enumerate(unique):
-            names = [concepts[j] for j in order[k]]
-            top = names[0]
-            per_text[text] = (
-                top,
-                top in common,
-                top not in common,
-                names,
-                [float(p) for p in probs[k, order[k]]],
+        for start in range(0, len(texts), ENCODE_BLOCK):
+            block = slice(start, start + ENCODE_BLOCK)
+            sims = l2_normalise(encoder.encode(texts[block])) @ concept_emb.T
+            # stable descending sort by similarity: ties keep the concept order
+            order[block] = np.argsort(-sims, axis=1, kind="stable")
+            sorted_probs[block] = np.take_along_axis(
+                similarity_to_probabilities(sims), order[block], axis=1
             )
-        for i in valid:
-            top, is_common, is_final, names, p = per_text[values[i].strip()]
-            out.at[i, "top_concept"] = top
-            out.at[i, "top_concept_is_common"] = is_common
-            out.at[i, "is_final_outlier"] = is_final
-            out.at[i, "concepts"] = list(names)
-            out.at[i, "probabilities"] = list(p)
-    out.index = index
-    return out
+    names = pa.array(concepts, type=pa.string())
+    top_is_common = np.array([c in common for c in concepts], dtype=bool)[order[:, 0]]
+    offsets = pa.array(np.arange(0, order.size + 1, n_concepts, dtype=np.int32))
+    per_text = {
+        "top_concept": names.take(pa.array(order[:, 0])),
+        "top_concept_is_common": pa.array(top_is_common),
+        "is_final_outlier": pa.array(~top_is_common),
+        "concepts": pa.ListArray.from_arrays(offsets, names.take(pa.array(order.ravel()))),
+        "probabilities": pa.ListArray.from_arrays(offsets, pa.array(sorted_probs.ravel())),
+    }
+    return pd.DataFrame(
+        {column: _arrow_column(per_text[column], codes, index) for column in OUTPUT_COLUMNS},
+        index=index,
+    )
