@@ -485,3 +485,20 @@ def test_a_mode_that_is_not_known_is_refused(tables):
         cfg.validate({"training_selection": {"mode": "mined_only"}})
     with pytest.raises(ValueError, match="not understood"):
         select(tables, {**SETTINGS, "mode": "mined_only"})
+
+
+def test_is_member_answers_as_isin_for_every_kind_of_id_collection():
+    values = pd.Series(["o1", "o2", None, "o3", "o1", "x"], dtype=object)
+    for ids in (
+        {"o1", "o3"},
+        ["o3", "o1", "o1"],  # a repeated id
+        pd.Series(["o1", "o3"], dtype="str"),
+        ts.id_index(["o1", "o3"]),
+    ):
+        index = ts.id_index(ids)
+        assert index.is_unique
+        expected = values.isin({"o1", "o3"}).to_numpy()
+        np.testing.assert_array_equal(ts.is_member(values, index), expected)
+        np.testing.assert_array_equal(ts.is_member(values.astype("str"), index), expected)
+    assert not ts.is_member(values, ts.id_index(())).any()
+    assert len(ts.is_member(values.iloc[:0], ts.id_index({"o1"}))) == 0
