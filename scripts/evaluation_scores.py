@@ -22,7 +22,7 @@ frame = pd.DataFrame({"object_id": object_ids, "class_name": class_names})
 for name in snakemake.params.detectors:
     found = class_aware_outliers(
         matrix,
-        frame["class_name"].to_numpy(),
+        class_names,  # as read_objects gives them (the outliers rule passes the same)
         {**outliers, "detectors": [name]},
         seed=snakemake.params.seed,
     )
@@ -30,6 +30,7 @@ for name in snakemake.params.detectors:
     frame[f"score_class_{name}"] = found["score_class"].astype("float64").to_numpy()
     frame[f"is_outlier_{name}"] = found["is_outlier"].to_numpy()
     log.info("%s: %d outliers of %d objects", name, int(found["is_outlier"].sum()), len(found))
+    del found  # before the next detector's run, not after it
 schemas.write_table(
     frame, schemas.evaluation_scores_schema(snakemake.params.detectors), snakemake.output[0]
 )
