@@ -196,6 +196,18 @@ def test_many_captions_are_encoded_in_blocks_with_the_answer_of_one_text_at_a_ti
         assert out.loc[i].isna().all()
 
 
+def test_long_columns_are_taken_in_chunks(monkeypatch):
+    from rare_objects.stages import concepts as stage
+
+    monkeypatch.setattr(stage, "ROWS_PER_CHUNK", 7)
+    enc = FixedEncoder({"a photo of a car": [1, 0], "a photo of a dog": [0, 1], "car": [1, 0.2]})
+    captions = pd.Series(["car", None] * 12)
+    out = analyse_captions(captions, ["car", "dog"], ["car"], enc)
+    assert out["concepts"].array.__arrow_array__().num_chunks == 4  # 24 rows, 7 a chunk
+    assert _values(out["top_concept"]) == ["car", None] * 12
+    assert out.loc[22, "concepts"] == ["car", "dog"] and out.loc[23].isna().all()
+
+
 def _values(column: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in column]
 
@@ -206,6 +218,10 @@ def test_captions_of_every_kind_of_column():
     out = analyse_captions(pd.Series(values, dtype=object), ["car"], ["car"], enc)
     assert _values(out["top_concept"])[:3] == ["car", None, "car"]
     assert out.loc[[1, 3, 4, 5]].isna().all().all()  # null, a number, NaN, empty
+    numbers = analyse_captions(pd.Series([1.5, None, 2.0]), ["car"], ["car"], enc)
+    assert numbers.isna().all().all()  # a number is no caption, whatever the column's dtype
+    kinds = pd.Series(["red car", 3, None], dtype="category")
+    assert _values(analyse_captions(kinds, ["car"], [], enc)["top_concept"]) == ["car", None, None]
     as_str = analyse_captions(pd.Series(values[:3] + values[4:], dtype="str"), ["car"], [], enc)
     assert _values(as_str["top_concept"]) == ["car", None, "car", None, None, "car"]
     assert _values(as_str["is_final_outlier"]) == [True, None, True, None, None, True]

@@ -412,8 +412,11 @@ def test_pad_to_aspect_ratio_keeps_an_image_within_the_ratio_as_it_is():
     for size in [(200, 1), (1, 1), (70, 50), (3, 600)]:
         image = Image.new("RGB", size)
         assert images.pad_to_aspect_ratio(image, 200) is image
-    grey = images.pad_to_aspect_ratio(Image.new("L", (500, 1), 255), 200)
+    grey = images.pad_to_aspect_ratio(Image.new("L", (500, 1), 0), 200)
     assert grey.mode == "L" and grey.size == (500, 3)
+    assert np.asarray(grey)[:, 0].tolist() == [255, 0, 255]  # the white fill, as grey
+    rgba = images.pad_to_aspect_ratio(Image.new("RGBA", (1, 500), (0, 0, 0, 0)), 200)
+    assert np.asarray(rgba)[0, 0].tolist() == [255, 255, 255, 255]
 
 
 def test_a_degenerate_box_gives_a_vlm_crop_within_the_vlm_ratio(tmp_path):

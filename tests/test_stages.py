@@ -304,7 +304,7 @@ def test_target_matches_and_selection_reasons():
             "is_outlier": [False, True, False, True, True, False],
             "score_global": [1.0, 3.0, 1.1, 2.0, 2.5, 1.0],
             "image_id": ["i0", "i0", "i1", "i2", "i2", "i3"],
-            "image_path": ["x.jpg"] * 6,
+            "image_path": ["a/0.jpg", "a/0.jpg", "a/1.jpg", "a/2.jpg", "a/2.jpg", "a/3.jpg"],
             "confidence": [0.9] * 6,
             "x1": [0.0] * 6,
             "y1": [0.0] * 6,
@@ -336,7 +336,9 @@ def test_target_matches_and_selection_reasons():
     expected = selection.caption_partition(objects["image_id"], 3)[chosen]
     assert (table.loc[chosen, "caption_partition"].to_numpy() == expected).all()
     # the same images under another root (another machine, another mount): the same jobs
-    moved = objects.assign(image_path="/elsewhere/x.jpg")
+    moved = objects.assign(image_path="/elsewhere/" + objects["image_path"])
+    by_path = [selection.caption_partition(o["image_path"], 3) for o in (objects, moved)]
+    assert (by_path[0] != by_path[1]).any()  # keyed by the path, the jobs would move
     again = selection.select_objects(moved, matrix, **settings)
     assert again["caption_partition"].equals(table["caption_partition"])
 

@@ -494,6 +494,7 @@ def test_is_member_answers_as_isin_for_every_kind_of_id_collection():
         ["o3", "o1", "o1"],  # a repeated id
         pd.Series(["o1", "o3"], dtype="str"),
         ts.id_index(["o1", "o3"]),
+        (i for i in ("o1", "o3")),  # a generator
     ):
         index = ts.id_index(ids)
         assert index.is_unique

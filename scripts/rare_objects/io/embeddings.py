@@ -282,8 +282,9 @@ def read_embeddings_of(
             X = np.empty((len(wanted), block.shape[1]), dtype=block.dtype)
         X[where[keep]] = block[keep]
         found[where[keep]] = True
-    # The blocks' Arrow buffers are freed, but pyarrow's allocator keeps the pages for
+    # The blocks' Arrow buffers are freed here, but pyarrow's allocator keeps the pages for
     # reuse (about 0.4 GiB after a read); the caller's next step needs them more.
+    frame = block = None
     pa.default_memory_pool().release_unused()
     if X is None:
         return np.empty(0, dtype=object), np.empty((0, 0), dtype=_as_dtype(dtype))

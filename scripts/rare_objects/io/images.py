@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """PIL's own ``MAX_IMAGE_PIXELS``: about 89 Mpx, far above any camera frame."""
@@ -365,7 +365,11 @@ def pad_to_aspect_ratio(
         return image
     short_side = math.ceil(long_side / max_ratio)
     size = (width, short_side) if width >= height else (short_side, height)
-    canvas = Image.new(image.mode, size, fill if image.mode == "RGB" else 0)
+    if image.mode in ("RGB", "RGBA", "L", "LA"):  # fill in the image's mode (RGBA: opaque)
+        colour = ImageColor.getcolor("rgb({}, {}, {})".format(*fill), image.mode)
+    else:  # a palette or another model (the caption stage's crops are RGB): zero
+        colour = 0
+    canvas = Image.new(image.mode, size, colour)
     canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
     return canvas
 

@@ -59,16 +59,24 @@ def similarity_to_probabilities(similarities: np.ndarray) -> np.ndarray:
 
 # Distinct texts encoded at once. A fixed number, not a setting: a text's embedding may
 # differ in its last bits with the batch it is encoded in, and a speed knob must not
-# change results. One forward pass of every caption (as before) needs the activations of
-# all of them at once: a CLIP text tower holds n x 77 x width floats per layer, terabytes
-# at 3,000,000 captions; 256 keep them to tens of megabytes.
+# change results. The embedder's text tower was given every caption in one call (the
+# sentence-transformers encoder batches by itself), so it held the activations of all of
+# them at once: n x 77 x width floats per layer, terabytes at 3,000,000 captions; 256
+# keep them to tens of megabytes.
 ENCODE_BLOCK = 256
+
+# Rows taken into one Arrow chunk of a column: a chunk's strings share 32-bit offsets
+# (2 GiB), and the concepts column holds every concept name for every row (16 default
+# concepts, about 180 bytes a row; a chunk of 262,144 rows stays below 2 GiB up to about
+# 700 concepts).
+ROWS_PER_CHUNK = 262_144
 
 
 def _text_codes(captions: pd.Series) -> tuple[np.ndarray, list[str]]:
     """``(codes, texts)``: each caption's position among the distinct stripped texts (-1 for a
     null, empty or non-text caption), and those texts in order of first appearance."""
-    if captions.dtype == object:  # a value that is not text counts as no caption
+    if captions.dtype == object or not pd.api.types.is_string_dtype(captions.dtype):
+        # a value that is not text (a number, a category of numbers) counts as no caption
         is_text = captions.map(lambda v: isinstance(v, str), na_action="ignore")
         captions = captions.where(is_text.fillna(False).astype(bool))
     stripped = captions.astype("str").str.strip()
@@ -78,9 +86,16 @@ def _text_codes(captions: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 
 def _arrow_column(per_text: pa.Array, codes: np.ndarray, index: pd.Index) -> pd.Series:
-    """The value of each caption's text (null for a caption without one), as an Arrow column."""
-    taken = per_text.take(pa.array(codes, mask=codes < 0))
-    return pd.Series(pd.arrays.ArrowExtensionArray(taken), index=index)
+    """The value of each caption's text (null for a caption without one), as an Arrow column
+    in chunks of :data:`ROWS_PER_CHUNK` rows."""
+    chunks = [
+        per_text.take(pa.array(part, mask=part < 0))
+        for part in (
+            codes[start : start + ROWS_PER_CHUNK] for start in range(0, len(codes), ROWS_PER_CHUNK)
+        )
+    ]
+    column = pa.chunked_array(chunks, type=per_text.type)
+    return pd.Series(pd.arrays.ArrowExtensionArray(column), index=index)
 
 
 def analyse_captions(
@@ -101,8 +116,9 @@ def analyse_captions(
     nulls in every column.
 
     Each distinct text is encoded once, :data:`ENCODE_BLOCK` at a time, and the columns
-    are Arrow arrays taken per row from one value per distinct text: memory is the
-    distinct texts' orderings (a few bytes per concept), not a Python list per caption.
+    are Arrow arrays taken per row from one value per distinct text: no Python object per
+    caption (the concepts column still holds every row's names, about 180 bytes a row
+    with the 16 default concepts).
     """
     concepts = [str(c) for c in concepts]
     if not concepts:
