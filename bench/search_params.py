@@ -41,9 +41,9 @@ def _cell_work(X: np.ndarray, params) -> float:
     data = search._Rows(X, None)
     Z = search._pca_space(data, params)
     nlist = max(1, int(round(len(X) / params.cell_size)))
-    _, bounds, probes = search._cells(Z, nlist, params.seed, params)
-    sizes = np.diff(bounds)
-    probed = np.array([sizes[p[p >= 0]].sum() for p in probes])
+    cells = search._cells(Z, nlist, params.seed, params)
+    sizes = np.diff(cells.bounds)
+    probed = np.array([sizes[p[p >= 0]].sum() for p in cells.probes])
     return float((sizes * probed).sum() / (len(X) * min(params.nprobe, nlist) * len(X) / nlist))
 
 

@@ -76,6 +76,63 @@ def test_approximate_close_to_exact(pca_dims):
     np.testing.assert_allclose(dist, true_d, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- the "pq" cell scan
+
+
+PQ = dict(cell_size=200, nprobe=6, candidates=40, pca_dims=None, pq_subquantizers=16)
+
+
+def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours():
+    from rare_objects.neighbors import search
+
+    X = clustered(4000, dim=32, seed=7, duplicates=60)
+    pq, flat = AnnParams(**PQ), AnnParams(**PQ, cell_scan="flat")
+    coded = search._cells(X, 20, 0, pq)
+    plain = search._cells(X, 20, 0, flat)
+    assert coded.codes is not None and plain.codes is None
+    # the rows' cells come from adding them to the codes' index: the same k-means cells
+    np.testing.assert_array_equal(coded.order, plain.order)
+    np.testing.assert_array_equal(coded.bounds, plain.bounds)
+    np.testing.assert_array_equal(coded.probes, plain.probes)
+
+    k = 10
+    _, truth = exact_knn(X, k)
+    dist, ind = approximate_knn(X, k, pq)
+    _, flat_ind = approximate_knn(X, k, flat)
+    assert recall(ind, truth) >= 0.95
+    assert recall(ind, truth) >= recall(flat_ind, truth) - 0.02
+    assert not (ind == np.arange(4000)[:, None]).any()
+    assert (np.diff(dist, axis=1) >= 0).all()
+    # the codes only choose the candidates: the distances are the exact ones
+    true_d = np.linalg.norm(X[ind] - X[:, None, :], axis=2)
+    np.testing.assert_allclose(dist, true_d, atol=1e-5)
+    # duplicates are found at distance 0
+    assert (dist[-60:, 0] == 0).all()
+    # deterministic whatever the thread count (a speed setting must not change results),
+    # and a query subset gets the rows of the whole search
+    for threads in (1, 2):
+        again = approximate_knn(X, k, AnnParams(**PQ, threads=threads))
+        np.testing.assert_array_equal(again[1], ind)
+        np.testing.assert_array_equal(again[0], dist)
+    queries = np.arange(5, 4000, 7)
+    d_q, i_q = approximate_knn(X, k, pq, queries=queries)
+    np.testing.assert_array_equal(i_q, ind[queries])
+    np.testing.assert_array_equal(d_q, dist[queries])
+
+
+def test_pq_scan_falls_back_to_the_flat_scan_where_codes_cannot_be_trained():
+    from rare_objects.neighbors import search
+
+    X = clustered(1500, dim=24)
+    # 24 dimensions do not split into 16 parts; 900 rows are below pq_min_rows
+    assert search._cells(X, 10, 0, AnnParams(**PQ)).codes is None
+    few = AnnParams(**{**PQ, "pq_subquantizers": 8}, pq_min_rows=2000)
+    assert search._cells(X[:900], 10, 0, few).codes is None
+    assert search._cells(X, 10, 0, AnnParams(**{**PQ, "pq_subquantizers": 8})).codes is not None
+    with pytest.raises(ValueError, match="cell_scan"):
+        approximate_knn(X, 5, AnnParams(cell_size=100, cell_scan="ivf"))
+
+
 def test_approximate_full_probe_is_exact():
     X = clustered(1500, dim=24)
     _, truth = exact_knn(X, 8)

@@ -15,10 +15,18 @@ built for the case "every row queries the whole set", on CPU:
    neighbours' residuals being correlated.)
 2. **Partitions.** ``partitions`` independent k-means partitions (faiss,
    seeded) of that space into ``nlist`` cells. For every cell, its rows are
-   compared with all rows of the ``nprobe`` cells nearest to it in one
-   matrix product with fused top-k selection (``faiss.knn``, BLAS). Points
-   near a cell boundary lose neighbours in one partition but rarely in all,
-   so a few cheap partitions beat one expensive search.
+   compared with all rows of the ``nprobe`` cells nearest to it. By default
+   (``cell_scan="pq"``) the rows are stored as 4-bit product codes (faiss
+   ``IndexIVFPQFastScan`` over the same cells, 32 bytes a row
+   at 128 dimensions) and each cell's rows scan the probed cells' codes in
+   SIMD registers (``search_preassigned``); ``cell_scan="flat"`` compares
+   them exactly in one matrix product with fused top-k selection
+   (``faiss.knn``, BLAS). The codes rank less exactly, so they hand more
+   candidates (120) to the re-ranking; on bench/search_params.py's 100,000
+   rows they reach the flat scan's recall in a fraction of its time (see
+   bench/README.md). Points near a cell boundary lose neighbours in one
+   partition but rarely in all, so a few cheap partitions beat one
+   expensive search.
 3. **Exact re-ranking.** The union of every row's candidates is re-ranked
    with exact float32 distances in the original space (``|x - y|`` computed
    from the difference, so duplicates are at distance exactly 0).
@@ -67,7 +75,11 @@ class AnnParams:
     nlist: int | None = None  # cells per partition; overrides cell_size
     nprobe: int = 24  # cells compared with each cell (itself included)
     partitions: int = 1  # independent k-means partitions whose candidates are merged
-    candidates: int = 80  # candidates per row and partition, re-ranked exactly
+    candidates: int = 120  # candidates per row and partition, re-ranked exactly
+    cell_scan: str = "pq"  # "pq": cells scanned as 4-bit product codes; "flat": exact products
+    pq_subquantizers: int = 64  # "pq": product-code parts (must divide the candidate space's dims)
+    pq_min_rows: int = 1000  # "pq" below this many rows falls back to "flat" (too few to train)
+    pq_train_rows: int = 65_536  # "pq": rows (a seeded sample) the product codes are fitted on
     pca_dims: int | None = 128  # candidate space dimensions; None = the original space
     pca_sample: int = 50_000  # rows used to fit the PCA
     train_per_cell: int = 40  # k-means training rows per cell
@@ -75,7 +87,9 @@ class AnnParams:
     seed: int = 0  # the PCA sample and the k-means; the workflow passes its `seed`
     threads: int | None = None  # None = the cores this process may use
     device: str = "cpu"  # "cpu" (faiss), or "cuda", "cuda:N", "auto": torch_knn on that GPU
-    rerank_block: int = 1024  # rows re-ranked at once (memory: block x candidates x dim x 8 bytes)
+    # rows re-ranked at once (memory: block x candidates x dim x 8 bytes); small enough for
+    # the gathered candidates to stay in the CPU cache: 64 took 0.63-0.70x the time of 1024
+    rerank_block: int = 64
 
 
 def available_cores() -> int:
@@ -217,17 +231,12 @@ def _float32(Z: np.ndarray) -> np.ndarray:
     return Z if Z.dtype == np.float32 else Z.astype(np.float32)
 
 
-def _partition(
-    Z: np.ndarray, nlist: int, seed: int, params: AnnParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """k-means cells of the rows of Z: (centroids, assignment)."""
+def _kmeans(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
+    """A trained faiss k-means of the rows of Z into ``nlist`` cells (seeded)."""
     import faiss
 
-    n, d = Z.shape
-    if nlist <= 1:
-        return Z[:1].copy(), np.zeros(n, dtype=np.int64)
     kmeans = faiss.Kmeans(
-        d,
+        Z.shape[1],
         nlist,
         niter=params.niter,
         seed=seed,
@@ -237,13 +246,28 @@ def _partition(
     )
     if Z.dtype == np.float32:
         kmeans.train(Z)
+    else:
+        # A float16 space: faiss takes float32, so k-means trains on a seeded sample of
+        # the size it would sample itself, widened.
+        kmeans.train(_float32(Z[_training_sample(Z.shape[0], params.train_per_cell * nlist, seed)]))
+    return kmeans
+
+
+def _training_sample(n: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, min(n, size), replace=False))
+
+
+def _partition(
+    Z: np.ndarray, nlist: int, seed: int, params: AnnParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means cells of the rows of Z: (centroids, assignment)."""
+    n = Z.shape[0]
+    if nlist <= 1:
+        return Z[:1].copy(), np.zeros(n, dtype=np.int64)
+    kmeans = _kmeans(Z, nlist, seed, params)
+    if Z.dtype == np.float32:
         _, assign = kmeans.index.search(Z, 1)
         return kmeans.centroids.copy(), assign[:, 0].astype(np.int64)
-    # A float16 space: faiss takes float32, so k-means trains on a seeded sample of the
-    # size it would sample itself, widened, and the rows are assigned block by block.
-    size = min(n, params.train_per_cell * nlist)
-    sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-    kmeans.train(_float32(Z[sample]))
     assign = np.empty(n, dtype=np.int64)
     step = 262144
     for start in range(0, n, step):
@@ -258,36 +282,120 @@ def _cell_members(assign: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarra
     return order, bounds
 
 
-def _cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
-    """One k-means partition of the candidate space: ``(order, bounds, probes)``, the rows
-    sorted by cell, each cell's slice of them and the ``nprobe`` cells nearest to each."""
+@dataclass
+class _Cells:
+    """One k-means partition of the candidate space: the rows sorted by cell (``order``),
+    each cell's slice of them (``bounds``), the ``nprobe`` cells nearest to each
+    (``probes``) and, for the "pq" scan, the cells' ``centroids`` and a faiss IVF index
+    of the rows' product codes over the same cells (``codes``)."""
+
+    order: np.ndarray
+    bounds: np.ndarray
+    probes: np.ndarray
+    centroids: np.ndarray | None = None
+    codes: object = None
+
+
+def _scans_codes(Z: np.ndarray, nlist: int, params: AnnParams) -> bool:
+    """Whether the cells are scanned as product codes ("pq") rather than exactly."""
+    if params.cell_scan not in ("pq", "flat"):
+        raise ValueError(f"cell_scan must be 'pq' or 'flat', got {params.cell_scan!r}")
+    n, d = Z.shape
+    return (
+        params.cell_scan == "pq"
+        and nlist > 1
+        and n >= params.pq_min_rows
+        and d % params.pq_subquantizers == 0
+    )
+
+
+def _coded_cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
+    """The k-means cells of Z with the rows stored as 4-bit product codes in a faiss
+    ``IndexIVFPQFastScan`` over those cells: ``(centroids, index,
+    order, bounds)``. Adding the rows to the index assigns them to their cells, so the
+    assignment is not computed twice."""
     import faiss
 
-    centroids, assign = _partition(Z, nlist, seed, params)
-    order, bounds = _cell_members(assign, nlist)
+    n, d = Z.shape
+    kmeans = _kmeans(Z, nlist, seed, params)
+    centroids = kmeans.centroids.copy()
+    quantizer = faiss.IndexFlatL2(d)
+    quantizer.add(centroids)
+    index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, params.pq_subquantizers, 4)
+    index.by_residual = False  # set, not left to the faiss version's default
+    # The quantizer holds the centroids already (trained, nlist rows), so train() fits
+    # the product codes only, on a seeded sample. The codes are of the rows themselves,
+    # as bench/README.md measured; codes of the residuals ranked better in a prototype
+    # (not yet measured as a stage).
+    index.train(_float32(Z[_training_sample(n, params.pq_train_rows, seed)]))
+    step = 262144
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        index.add_with_ids(_float32(Z[start:stop]), np.arange(start, stop, dtype=np.int64))
+    invlists = index.invlists
+    sizes = np.array([invlists.list_size(c) for c in range(nlist)], dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    bounds = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    for c in np.flatnonzero(sizes):
+        ids = faiss.rev_swig_ptr(invlists.get_ids(int(c)), int(sizes[c]))
+        order[bounds[c] : bounds[c + 1]] = np.sort(ids)
+    return centroids, index, order, bounds
+
+
+def _cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams) -> _Cells:
+    """One k-means partition of the candidate space (:class:`_Cells`)."""
+    import faiss
+
+    if _scans_codes(Z, nlist, params):
+        centroids, index, order, bounds = _coded_cells(Z, nlist, seed, params)
+        index.nprobe = min(params.nprobe, nlist)
+    else:
+        centroids, assign = _partition(Z, nlist, seed, params)
+        order, bounds = _cell_members(assign, nlist)
+        index = None
     nprobe = min(params.nprobe, nlist)
     if nlist > 1:
         _, probes = faiss.knn(centroids, centroids, nprobe)
     else:
         probes = np.zeros((1, 1), dtype=np.int64)
-    return order, bounds, probes
+    return _Cells(order, bounds, probes, centroids if index is not None else None, index)
+
+
+def _scan_codes(cells: _Cells, cell: int, queries: np.ndarray, n_candidates: int) -> np.ndarray:
+    """The ``n_candidates`` nearest rows of the cells probed from ``cell`` to each query
+    row (float32, candidate space), by their product codes (-1 where fewer)."""
+    probes = cells.probes[cell]
+    lists = np.ascontiguousarray(np.broadcast_to(probes, (len(queries), probes.size)))
+    # the rows' distances to the probed centroids, which faiss takes with the lists
+    centroids = cells.centroids[probes]
+    coarse = (
+        (queries * queries).sum(axis=1, keepdims=True)
+        - 2.0 * queries @ centroids.T
+        + (centroids * centroids).sum(axis=1)
+    ).astype(np.float32)
+    _, found = cells.codes.search_preassigned(queries, n_candidates, lists.astype(np.int64), coarse)
+    return found
 
 
 def _cell_candidates(
-    Z: np.ndarray, cells, n_candidates: int, wanted: np.ndarray | None = None
+    Z: np.ndarray, cells: _Cells, n_candidates: int, wanted: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(rows, candidates)`` for each non-empty cell: its rows and their
     ``(len(rows), n_candidates)`` nearest rows of the probed cells in the candidate
-    space (-1 where there are fewer). ``wanted`` (a mask of the rows): only those rows'
-    candidates, from all rows."""
+    space (-1 where there are fewer), by exact products or by product codes.
+    ``wanted`` (a mask of the rows): only those rows' candidates, from all rows."""
     import faiss
 
-    order, bounds, probes = cells
+    order, bounds, probes = cells.order, cells.bounds, cells.probes
     for cell in range(len(bounds) - 1):
         rows = order[bounds[cell] : bounds[cell + 1]]
         if wanted is not None:
             rows = rows[wanted[rows]]
         if rows.size == 0:
+            continue
+        if cells.codes is not None:
+            yield rows, _scan_codes(cells, cell, _float32(Z[rows]), n_candidates)
             continue
         cand = np.concatenate([order[bounds[c] : bounds[c + 1]] for c in probes[cell] if c >= 0])
         kk = min(n_candidates, cand.size)
@@ -309,7 +417,7 @@ def _ann_candidates(
     for part in range(params.partitions):
         cells = _cells(Z, nlist, params.seed + 1000 * part, params)
         if first_order is None:
-            first_order = cells[0]
+            first_order = cells.order
         col = part * n_candidates
         for rows, found in _cell_candidates(Z, cells, n_candidates):
             out[rows, col : col + n_candidates] = found
