@@ -34,8 +34,8 @@ rule evaluation_scores:
     benchmark:
         f"{RESULTS}/benchmarks/evaluation_scores.tsv"
     conda:
-        # with torch where outliers.device puts the neighbour search on a GPU
-        "../envs/neighbors_gpu.yaml" if SEARCH_GPU else "../envs/analysis.yaml"
+        # with torch: the search on a GPU (outliers.device), the widening on the CPU
+        "../envs/neighbors.yaml"
     threads: 2
     resources:
         gpu=SEARCH_GPU,

@@ -9,8 +9,8 @@ rule outliers:
     benchmark:
         f"{RESULTS}/benchmarks/outliers.tsv"
     conda:
-        # with torch where outliers.device puts the neighbour search on a GPU
-        "../envs/neighbors_gpu.yaml" if SEARCH_GPU else "../envs/analysis.yaml"
+        # with torch: the search on a GPU (outliers.device), the widening on the CPU
+        "../envs/neighbors.yaml"
     threads: 2
     resources:
         gpu=SEARCH_GPU,

@@ -82,11 +82,13 @@ def test_approximate_close_to_exact(pca_dims):
 PQ = dict(cell_size=200, nprobe=6, candidates=40, pca_dims=None, pq_subquantizers=16)
 
 
-def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours():
+@pytest.mark.parametrize("residual", [False, True])
+def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours(residual):
     from rare_objects.neighbors import search
 
     X = clustered(4000, dim=32, seed=7, duplicates=60)
-    pq, flat = AnnParams(**PQ), AnnParams(**PQ, cell_scan="flat")
+    pq = AnnParams(**PQ, pq_residual=residual)
+    flat = AnnParams(**PQ, cell_scan="flat")
     coded = search._cells(X, 20, 0, pq)
     plain = search._cells(X, 20, 0, flat)
     assert coded.codes is not None and plain.codes is None
@@ -111,7 +113,7 @@ def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours():
     # deterministic whatever the thread count (a speed setting must not change results),
     # and a query subset gets the rows of the whole search
     for threads in (1, 2):
-        again = approximate_knn(X, k, AnnParams(**PQ, threads=threads))
+        again = approximate_knn(X, k, AnnParams(**PQ, pq_residual=residual, threads=threads))
         np.testing.assert_array_equal(again[1], ind)
         np.testing.assert_array_equal(again[0], dist)
     queries = np.arange(5, 4000, 7)
@@ -346,3 +348,28 @@ def test_neighbour_indices_are_int32_until_row_numbers_need_int64():
     _, exact = knn(X, 5)
     assert ind.dtype == exact.dtype == np.int32
     assert recall(ind, exact) > 0.95
+
+
+def test_float16_widening_gives_numpys_values():
+    # the re-ranking widens float16 candidates with torch (from TORCH_WIDEN_MIN values) into
+    # a reused buffer: every float16 bit pattern (zeros, subnormals, infinities, NaNs)
+    # comes out as numpy's cast gives it
+    from rare_objects.neighbors import search
+
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, 512)
+    scratch = np.full(every.size, 7.0, dtype=np.float32)
+    for rows in (every, every[::3], every[:, ::2], every[:4]):  # strided views, a small one
+        ref = rows.astype(np.float32)
+        wide = search._widen_into(rows, scratch[: rows.size].reshape(rows.shape))
+        assert wide.dtype == np.float32 and wide.shape == ref.shape
+        # torch (installed here) widens into the buffer; small blocks get numpy's new array
+        assert np.shares_memory(wide, scratch) == (rows.size >= search.TORCH_WIDEN_MIN)
+        nan = np.isnan(ref)
+        np.testing.assert_array_equal(np.isnan(wide), nan)
+        np.testing.assert_array_equal(wide.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    # through _Rows.take, as the re-ranking calls it: gathered rows of any index shape
+    data = search._Rows(every, None)
+    idx = np.random.default_rng(0).integers(0, len(every), (6, 5))
+    got = data.take(idx, scratch)
+    np.testing.assert_array_equal(got, every[idx].astype(np.float32))
+    assert got.shape == (6, 5, 512) and np.shares_memory(got, scratch)

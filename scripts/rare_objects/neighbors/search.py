@@ -80,6 +80,7 @@ class AnnParams:
     pq_subquantizers: int = 64  # "pq": product-code parts (must divide the candidate space's dims)
     pq_min_rows: int = 1000  # "pq" below this many rows falls back to "flat" (too few to train)
     pq_train_rows: int = 65_536  # "pq": rows (a seeded sample) the product codes are fitted on
+    pq_residual: bool = False  # "pq": code each row's residual from its cell's centroid
     pca_dims: int | None = 128  # candidate space dimensions; None = the original space
     pca_sample: int = 50_000  # rows used to fit the PCA
     train_per_cell: int = 40  # k-means training rows per cell
@@ -148,9 +149,13 @@ class _Rows:
         """All of a float32 ``X``: it can be handed to faiss and numpy as it is."""
         return self.rows is None and self.X.dtype == np.float32
 
-    def take(self, idx) -> np.ndarray:
-        """Rows ``idx`` (any shape of row numbers) as float32, a new array."""
-        return _float32(self.X[idx if self.rows is None else self.rows[idx]])
+    def take(self, idx, scratch: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``idx`` (any shape of row numbers) as float32: a new array, or float16 rows
+        widened into the front of ``scratch`` (a flat float32 buffer at least that big)."""
+        found = self.X[idx if self.rows is None else self.rows[idx]]
+        if scratch is None or found.dtype == np.float32:
+            return _float32(found)
+        return _widen_into(found, scratch[: found.size].reshape(found.shape))
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32 (a view of ``X`` where no copy is needed)."""
@@ -229,6 +234,32 @@ def _pca_space(data: _Rows, params: AnnParams) -> np.ndarray:
 
 def _float32(Z: np.ndarray) -> np.ndarray:
     return Z if Z.dtype == np.float32 else Z.astype(np.float32)
+
+
+# float16 blocks from this many values up are widened by torch (below, numpy's cast costs
+# less than torch's call overhead)
+TORCH_WIDEN_MIN = 4096
+
+
+def _widen_into(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float16 ``rows`` widened to float32: into ``out`` (the same shape), which is
+    returned, or without torch a new array (numpy's cast into ``out`` measured slower than
+    its cast into new memory).
+
+    By torch where it is installed (the environments of the rules that search, and the test
+    suite's): numpy casts float16 at about 2 ns a value, torch at about 0.15 ns into memory
+    already touched. The re-ranking widens each candidate row it gathers, 120 per row, into
+    one reused buffer; numpy's cast was 30 % of the outliers stage at 1,000,000 rows
+    (bench/README.md). The values are the same: every float16 is exactly a float32."""
+    if rows.size >= TORCH_WIDEN_MIN:
+        try:
+            import torch
+        except ImportError:  # an environment without torch: numpy's cast, the same values
+            torch = None
+        if torch is not None:
+            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+            return out
+    return rows.astype(np.float32)
 
 
 def _kmeans(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
@@ -322,11 +353,9 @@ def _coded_cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
     quantizer = faiss.IndexFlatL2(d)
     quantizer.add(centroids)
     index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, params.pq_subquantizers, 4)
-    index.by_residual = False  # set, not left to the faiss version's default
+    index.by_residual = params.pq_residual  # set, not left to the faiss version's default
     # The quantizer holds the centroids already (trained, nlist rows), so train() fits
-    # the product codes only, on a seeded sample. The codes are of the rows themselves,
-    # as bench/README.md measured; codes of the residuals ranked better in a prototype
-    # (not yet measured as a stage).
+    # the product codes only, on a seeded sample (of the residuals with pq_residual).
     index.train(_float32(Z[_training_sample(n, params.pq_train_rows, seed)]))
     step = 262144
     for start in range(0, n, step):
@@ -424,6 +453,15 @@ def _ann_candidates(
     return out, first_order
 
 
+def _rerank_scratch(data: _Rows, block: int, width: int) -> np.ndarray | None:
+    """A buffer for ``block`` rows' ``width`` candidates widened from float16 (None for
+    float32 rows, which need no widening). Reused, its pages are touched once: widening
+    into new memory costs more in page faults than the widening itself."""
+    if data.X.dtype != np.float16:
+        return None
+    return np.empty(block * width * data.dim, dtype=np.float32)
+
+
 def _rerank_rows(
     data: _Rows,
     rows: np.ndarray,
@@ -433,17 +471,19 @@ def _rerank_rows(
     ind: np.ndarray,
     slots: np.ndarray | None = None,
     within=None,
+    scratch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact k nearest of ``rows`` among their candidates ``cand`` (self and duplicates
     dropped, ties by row number), written into ``dist`` and ``ind`` (at ``slots``, default
     ``rows``); returns the rows with fewer than k distinct candidates (left for
     :func:`_exhaustive`). ``within``: also handed the re-ranked candidates, to derive
     each row's nearest of its own group from them
-    (:class:`rare_objects.neighbors.groups.WithinGroups`)."""
+    (:class:`rare_objects.neighbors.groups.WithinGroups`). ``scratch``: the buffer float16
+    candidates are widened into (:func:`_rerank_scratch`), reused from block to block."""
     C = np.sort(cand.astype(np.int64), axis=1)
     invalid = (C < 0) | (C == rows[:, None])
     invalid[:, 1:] |= C[:, 1:] == C[:, :-1]
-    G = data.take(np.maximum(C, 0))  # (b, m, d)
+    G = data.take(np.maximum(C, 0), scratch)  # (b, m, d)
     G -= data.take(rows)[:, None, :]
     d2 = np.einsum("bmd,bmd->bm", G, G)
     del G
@@ -527,9 +567,16 @@ def _rerank(
         order = np.arange(n)
     dist = np.empty((n, k), dtype=np.float32)
     ind = np.empty((n, k), dtype=index_dtype(n))
+    scratch = _rerank_scratch(data, block, cand.shape[1])
     short = [
         _rerank_rows(
-            data, order[start : start + block], cand[order[start : start + block]], k, dist, ind
+            data,
+            order[start : start + block],
+            cand[order[start : start + block]],
+            k,
+            dist,
+            ind,
+            scratch=scratch,
         )
         for start in range(0, n, block)
     ]
@@ -675,12 +722,13 @@ def approximate_knn(
     ind = np.empty((size, k), dtype=index_dtype(n))
     short = []
     cells = _cells(Z, nlist, ann.seed, ann)
+    scratch = _rerank_scratch(data, ann.rerank_block, n_candidates)
     for cell_rows, cand in _cell_candidates(Z, cells, n_candidates, wanted):
         for start in range(0, cell_rows.size, ann.rerank_block):
             block = cell_rows[start : start + ann.rerank_block]
             slots = None if slot_of is None else slot_of[block]
             found = cand[start : start + ann.rerank_block]
-            short.append(_rerank_rows(data, block, found, k, dist, ind, slots, within))
+            short.append(_rerank_rows(data, block, found, k, dist, ind, slots, within, scratch))
     del Z
     short = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
     _exhaustive(data, short, k, dist, ind, None if slot_of is None else slot_of[short])
