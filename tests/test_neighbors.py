@@ -83,7 +83,7 @@ PQ = dict(cell_size=200, nprobe=6, candidates=40, pca_dims=None, pq_subquantizer
 
 
 @pytest.mark.parametrize("residual", [False, True])
-def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours(residual):
+def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours(residual, monkeypatch):
     from rare_objects.neighbors import search
 
     X = clustered(4000, dim=32, seed=7, duplicates=60)
@@ -116,6 +116,11 @@ def test_pq_scan_uses_the_flat_scans_cells_and_finds_the_neighbours(residual):
         again = approximate_knn(X, k, AnnParams(**PQ, pq_residual=residual, threads=threads))
         np.testing.assert_array_equal(again[1], ind)
         np.testing.assert_array_equal(again[0], dist)
+    # a cell's rows scanned in chunks (bounded lookup tables) give the same candidates
+    monkeypatch.setattr(search, "SCAN_CHUNK", 7)
+    chunked = approximate_knn(X, k, pq)
+    np.testing.assert_array_equal(chunked[1], ind)
+    np.testing.assert_array_equal(chunked[0], dist)
     queries = np.arange(5, 4000, 7)
     d_q, i_q = approximate_knn(X, k, pq, queries=queries)
     np.testing.assert_array_equal(i_q, ind[queries])

@@ -16,15 +16,15 @@ built for the case "every row queries the whole set", on CPU:
 2. **Partitions.** ``partitions`` independent k-means partitions (faiss,
    seeded) of that space into ``nlist`` cells. For every cell, its rows are
    compared with all rows of the ``nprobe`` cells nearest to it. By default
-   (``cell_scan="pq"``) the rows are stored as 4-bit product codes (faiss
-   ``IndexIVFPQFastScan`` over the same cells, 32 bytes a row
-   at 128 dimensions) and each cell's rows scan the probed cells' codes in
-   SIMD registers (``search_preassigned``); ``cell_scan="flat"`` compares
-   them exactly in one matrix product with fused top-k selection
-   (``faiss.knn``, BLAS). The codes rank less exactly, so they hand more
-   candidates (120) to the re-ranking; on bench/search_params.py's 100,000
-   rows they reach the flat scan's recall in a fraction of its time (see
-   bench/README.md). Points near a cell boundary lose neighbours in one
+   (``cell_scan="pq"``) the rows are stored as 4-bit product codes of their
+   residuals from their cell's centroid (faiss ``IndexIVFPQFastScan`` over the
+   same cells, 32 bytes a row at 128 dimensions) and each cell's rows scan the
+   probed cells' codes in SIMD registers (``search_preassigned``);
+   ``cell_scan="flat"`` compares them exactly in one matrix product with
+   fused top-k selection (``faiss.knn``, BLAS). The codes rank less exactly,
+   so they hand more candidates (120) to the re-ranking; on
+   bench/search_params.py's 100,000 rows they reach the flat scan's recall in
+   about 0.4x its time (see bench/README.md). Points near a cell boundary lose neighbours in one
    partition but rarely in all, so a few cheap partitions beat one
    expensive search.
 3. **Exact re-ranking.** The union of every row's candidates is re-ranked
@@ -80,7 +80,7 @@ class AnnParams:
     pq_subquantizers: int = 64  # "pq": product-code parts (must divide the candidate space's dims)
     pq_min_rows: int = 1000  # "pq" below this many rows falls back to "flat" (too few to train)
     pq_train_rows: int = 65_536  # "pq": rows (a seeded sample) the product codes are fitted on
-    pq_residual: bool = False  # "pq": code each row's residual from its cell's centroid
+    pq_residual: bool = True  # "pq": code each row's residual from its cell's centroid
     pca_dims: int | None = 128  # candidate space dimensions; None = the original space
     pca_sample: int = 50_000  # rows used to fit the PCA
     train_per_cell: int = 40  # k-means training rows per cell
@@ -313,6 +313,9 @@ def _cell_members(assign: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarra
     return order, bounds
 
 
+SCAN_CHUNK = 1024  # query rows per product-code scan (see _cell_candidates)
+
+
 @dataclass
 class _Cells:
     """One k-means partition of the candidate space: the rows sorted by cell (``order``),
@@ -341,10 +344,10 @@ def _scans_codes(Z: np.ndarray, nlist: int, params: AnnParams) -> bool:
 
 
 def _coded_cells(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
-    """The k-means cells of Z with the rows stored as 4-bit product codes in a faiss
-    ``IndexIVFPQFastScan`` over those cells: ``(centroids, index,
-    order, bounds)``. Adding the rows to the index assigns them to their cells, so the
-    assignment is not computed twice."""
+    """The k-means cells of Z with the rows stored as 4-bit product codes (of their
+    residuals with ``pq_residual``) in a faiss ``IndexIVFPQFastScan`` over those cells:
+    ``(centroids, index, order, bounds)``. Adding the rows to the index assigns them to
+    their cells, so the assignment is not computed twice."""
     import faiss
 
     n, d = Z.shape
@@ -424,7 +427,15 @@ def _cell_candidates(
         if rows.size == 0:
             continue
         if cells.codes is not None:
-            yield rows, _scan_codes(cells, cell, _float32(Z[rows]), n_candidates)
+            # in chunks: for residual codes faiss builds a lookup table per query and probed
+            # cell (4 KB each at 64 parts): 2.2 GB for a cell of 24,000 rows at once
+            found = np.empty((rows.size, n_candidates), dtype=np.int64)
+            for start in range(0, rows.size, SCAN_CHUNK):
+                chunk = rows[start : start + SCAN_CHUNK]
+                found[start : start + chunk.size] = _scan_codes(
+                    cells, cell, _float32(Z[chunk]), n_candidates
+                )
+            yield rows, found
             continue
         cand = np.concatenate([order[bounds[c] : bounds[c + 1]] for c in probes[cell] if c >= 0])
         kk = min(n_candidates, cand.size)
