@@ -1,6 +1,6 @@
 """Rule caption: VLM or simple captions of one partition of the selected objects."""
 
-from rare_objects.runtime import start_rule
+from rare_objects.runtime import end_rule, start_rule
 
 log = start_rule(snakemake)
 
@@ -26,7 +26,8 @@ log.info(
 captioner = None
 if objects["needs_vlm"].any():
     device = backend.device(snakemake.params.device)
-    captioner = captioning.make_captioner(backend.name, settings, device)
+    # the section is the workflow's validated one (defaults filled): no second validation
+    captioner = backend.make(settings, device)
 result = caption_objects(
     objects,
     captioner,
@@ -46,3 +47,9 @@ if all_failed(result):
     raise SystemExit(
         f"every VLM caption of partition {part} failed (first error: {result['error'].dropna().iloc[0]}); rerun to retry"
     )
+# a captioner that holds connections or processes (the openai backend) closes them here:
+# end_rule runs no exit handler
+close = getattr(captioner, "close", None)
+if close is not None:
+    close()
+end_rule(log)

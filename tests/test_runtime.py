@@ -120,3 +120,51 @@ def test_reading_the_speed_only_keys_imports_no_validator():
     )
     done = _run_fresh(code)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_end_rule_flushes_the_log_and_ends_the_process_with_success(tmp_path):
+    """end_rule exits without the interpreter's teardown: what the script logged and wrote
+    to stderr (the rule's log) is in the file, the exit status is 0, and nothing after the
+    call runs (neither the rest of the script nor exit handlers)."""
+    log_file = tmp_path / "rule.log"
+    marker = tmp_path / "after"
+    code = (
+        "import atexit, pathlib, sys; from rare_objects.runtime import end_rule;"
+        " from rare_objects.runtime.logs import setup_rule_logging;"
+        f" log = setup_rule_logging({str(log_file)!r});"
+        f" atexit.register(pathlib.Path({str(marker)!r}).write_text, 'exit handler');"
+        " log.info('table written'); sys.stderr.write('a library warning, unterminated');"
+        " end_rule(log);"
+        f" pathlib.Path({str(marker)!r}).write_text('after end_rule')"
+    )
+    done = _run_fresh(code)
+    assert done.returncode == 0
+    text = log_file.read_text()
+    assert "INFO rare_objects: table written" in text
+    assert "a library warning, unterminated" in text
+    assert text.rstrip().endswith("INFO rare_objects: rule finished")
+    assert not marker.exists()
+
+
+def test_a_captioner_from_a_complete_section_imports_no_validator():
+    """The caption rule builds its captioner from the workflow's validated section
+    (``Backend.make``); every value is given, so the schema is not validated again
+    (jsonschema and the validation are tens of milliseconds of a caption job's start)."""
+    import json
+
+    section = defaults()["captions"]
+    section["openai"]["encode_processes"] = 0
+    code = (
+        "import json, sys; from rare_objects.backends import captioning;"
+        f" section = json.loads({json.dumps(section)!r});"
+        " c = captioning.get_backend('openai').make(section, None);"
+        " print('jsonschema' in sys.modules, c.concurrency, c.max_tokens, c.prompt == section['prompt']);"
+        " c.close()"
+    )
+    done = _run_fresh(code)
+    assert done.stdout.split() == [
+        "False",
+        str(section["openai"]["concurrency"]),
+        str(section["max_new_tokens"]),
+        "True",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -27,3 +28,20 @@ def start_rule(snakemake):
         torch.set_num_threads(threads)
     log.info("rule %s started (threads=%d)", snakemake.rule, threads)
     return log
+
+
+def end_rule(log: logging.Logger) -> None:
+    """End a rule script's process once its outputs are written: logs flushed, then
+    ``os._exit(0)``, without the interpreter's teardown.
+
+    The teardown frees every object of the 900-odd modules a job imports (pandas,
+    pyarrow, aiohttp, Snakemake's preamble): 0.2 s of a caption job's 9 s at the
+    caption stage bench's size (bench/README.md), paid by every job of a stage that
+    is split into many. Call it last, after closing what holds processes or
+    connections: exit handlers do not run. A script that fails raises before it.
+    """
+    log.info("rule finished")
+    logging.shutdown()  # flushes and closes every handler
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)

@@ -23,6 +23,7 @@ in input order, is either its caption or the exception that stopped it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +110,11 @@ def complete_settings(settings: dict | None) -> dict:
 
 def schema_defaults() -> dict:
     """The schema's default ``captions`` section."""
+    return copy.deepcopy(_schema_defaults())
+
+
+@functools.cache
+def _schema_defaults() -> dict:
     return complete_settings({})
 
 
@@ -118,10 +124,17 @@ def fill_defaults(backend: str, **given) -> dict:
     The key is looked up under ``captions.<backend>``, then under ``captions``
     (the shared ``prompt``, ``max_new_tokens``): a captioner built directly,
     without :func:`make_captioner`, gets the same defaults as the workflow.
+    The schema is read only when a value is missing: a caption job passes every
+    value from its validated section, and validating the defaults (jsonschema
+    imported, the section checked) would add tens of milliseconds to its start.
     """
-    defaults = schema_defaults()
+    if all(value is not None for value in given.values()):
+        return dict(given)
+    defaults = _schema_defaults()
     merged = {**defaults, **defaults.get(backend, {})}
-    return {key: merged[key] if value is None else value for key, value in given.items()}
+    return {
+        key: copy.deepcopy(merged[key]) if value is None else value for key, value in given.items()
+    }
 
 
 def make_captioner(name: str, settings: dict | None = None, device: str | None = None):
