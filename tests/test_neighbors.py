@@ -378,3 +378,16 @@ def test_float16_widening_gives_numpys_values():
     got = data.take(idx, scratch)
     np.testing.assert_array_equal(got, every[idx].astype(np.float32))
     assert got.shape == (6, 5, 512) and np.shares_memory(got, scratch)
+
+
+def test_float16_widening_without_torch_casts_with_numpy(monkeypatch):
+    # an environment without torch (looked up once per process): numpy's cast, a new array
+    from rare_objects.neighbors import search
+
+    assert search._torch() is not None  # torch is installed where the suite runs
+    monkeypatch.setattr(search, "_torch", lambda: None)
+    rows = np.random.default_rng(1).normal(size=(64, 512)).astype(np.float16)
+    scratch = np.zeros(rows.size, dtype=np.float32)
+    wide = search._widen_into(rows, scratch.reshape(rows.shape))
+    np.testing.assert_array_equal(wide, rows.astype(np.float32))
+    assert not np.shares_memory(wide, scratch)

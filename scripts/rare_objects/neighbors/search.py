@@ -24,9 +24,9 @@ built for the case "every row queries the whole set", on CPU:
    fused top-k selection (``faiss.knn``, BLAS). The codes rank less exactly,
    so they hand more candidates (120) to the re-ranking; on
    bench/search_params.py's 100,000 rows they reach the flat scan's recall in
-   about 0.4x its time (see bench/README.md). Points near a cell boundary lose neighbours in one
-   partition but rarely in all, so a few cheap partitions beat one
-   expensive search.
+   about 0.4x its time (see bench/README.md). Points near a cell boundary
+   lose neighbours in one partition but rarely in all, so a few cheap
+   partitions beat one expensive search.
 3. **Exact re-ranking.** The union of every row's candidates is re-ranked
    with exact float32 distances in the original space (``|x - y|`` computed
    from the difference, so duplicates are at distance exactly 0).
@@ -58,6 +58,7 @@ thread count.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -251,15 +252,23 @@ def _widen_into(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     already touched. The re-ranking widens each candidate row it gathers, 120 per row, into
     one reused buffer; numpy's cast was 30 % of the outliers stage at 1,000,000 rows
     (bench/README.md). The values are the same: every float16 is exactly a float32."""
-    if rows.size >= TORCH_WIDEN_MIN:
-        try:
-            import torch
-        except ImportError:  # an environment without torch: numpy's cast, the same values
-            torch = None
-        if torch is not None:
-            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(rows)))
-            return out
+    torch = _torch() if rows.size >= TORCH_WIDEN_MIN else None
+    if torch is not None:
+        torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+        return out
     return rows.astype(np.float32)
+
+
+@functools.cache
+def _torch():
+    """torch, or None in an environment without it (numpy's cast then, the same values).
+    Looked up once: a failed import searches the path again each time, and the
+    re-ranking widens about 15,000 blocks per 1,000,000 rows."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 def _kmeans(Z: np.ndarray, nlist: int, seed: int, params: AnnParams):
@@ -398,7 +407,7 @@ def _scan_codes(cells: _Cells, cell: int, queries: np.ndarray, n_candidates: int
     """The ``n_candidates`` nearest rows of the cells probed from ``cell`` to each query
     row (float32, candidate space), by their product codes (-1 where fewer)."""
     probes = cells.probes[cell]
-    lists = np.ascontiguousarray(np.broadcast_to(probes, (len(queries), probes.size)))
+    lists = np.ascontiguousarray(np.broadcast_to(probes, (len(queries), probes.size)), np.int64)
     # the rows' distances to the probed centroids, which faiss takes with the lists
     centroids = cells.centroids[probes]
     coarse = (
@@ -406,7 +415,7 @@ def _scan_codes(cells: _Cells, cell: int, queries: np.ndarray, n_candidates: int
         - 2.0 * queries @ centroids.T
         + (centroids * centroids).sum(axis=1)
     ).astype(np.float32)
-    _, found = cells.codes.search_preassigned(queries, n_candidates, lists.astype(np.int64), coarse)
+    _, found = cells.codes.search_preassigned(queries, n_candidates, lists, coarse)
     return found
 
 
